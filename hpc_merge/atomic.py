@@ -1,0 +1,81 @@
+"""Atomic writes: a reader (or a killed job) never sees a half-written file or model folder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=False, default=str)
+            fh.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomic text write (same scheme as :func:`write_json`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def fix_permissions(folder: str | Path) -> None:
+    """Give files 0644 and folders 0755: safetensors writes weights 0600, which breaks shared storage."""
+    folder = Path(folder)
+    os.chmod(folder, 0o755)
+    for p in folder.rglob("*"):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside ``dest``; rename it to ``dest`` only if the block succeeds.
+
+    A killed or failed writer leaves only a ``.dest.tmp-*`` folder, never a ``dest`` that looks
+    complete. With ``overwrite`` an existing ``dest`` is replaced after the new one is complete.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+        fix_permissions(tmp)
+        if dest.exists():
+            if not overwrite:
+                raise FileExistsError(f"{dest} already exists")
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def cache_dir() -> Path:
+    """Where built models live: ``$HPC_MERGE_CACHE``, else ``~/.cache/hpc_merge``."""
+    root = os.environ.get("HPC_MERGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hpc_merge")
+    return Path(root)

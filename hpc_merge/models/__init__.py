@@ -1,0 +1,1 @@
+"""Model references: local tiny models, the skills zoo, local paths and Hub ids."""
