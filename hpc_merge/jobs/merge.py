@@ -1,0 +1,175 @@
+"""The merge job: a mergekit recipe (one stage or several) -> a checked, smoke-tested model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from hpc_merge import archcheck
+from hpc_merge import mergekit_adapter as mk
+from hpc_merge.atomic import atomic_dir
+from hpc_merge.errors import ConfigError
+from hpc_merge.models.resolve import resolve_model
+from hpc_merge.status import update_status
+
+
+def stages_of(recipe: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
+    """``[(name, stage_recipe, field), ...]``: a plain recipe is a single stage named ``final``."""
+    stages = recipe.get("stages")
+    if not stages:
+        return [("final", recipe, "merge")]
+    extra = [k for k in mk.RECIPE_KEYS if recipe.get(k) is not None]
+    if extra:
+        raise ConfigError(f"merge.{extra[0]}", "a multi-stage recipe keeps its fields inside stages",
+                          "move it into a stage, or drop merge.stages")
+    out = []
+    for i, st in enumerate(stages):
+        name = st.get("name") if isinstance(st, dict) else None
+        if not name:
+            raise ConfigError(f"merge.stages[{i}].name", "missing", "name every stage; later stages use it as a model")
+        out.append((str(name), st, f"merge.stages[{i}]"))
+    return out
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Schema, model resolution, architecture check, mergekit's own validation, resource estimate."""
+    if cfg.get("merge") is None:
+        raise ConfigError("merge", "no merge recipe", "choose one: merge=NAME (conf/merge/) or mergekit_yaml=PATH")
+    recipe = OmegaConf.to_container(cfg.merge, resolve=True)
+    opts = OmegaConf.to_container(cfg.job.options, resolve=True)
+    mk.merge_options(opts)  # option errors now, not in the job
+    if cfg.get("output") and Path(str(cfg.output)).exists() and any(Path(str(cfg.output)).iterdir()) \
+            and not cfg.get("force"):
+        raise ConfigError("output", f"{cfg.output} exists and is not empty", "choose a new folder or pass force=true")
+    stages, done, findings, all_paths = [], [], [], {}
+    for name, st, field in stages_of(recipe):
+        mk.check_recipe(st, field)
+        paths: dict[str, str] = {}
+        local: dict[str, Path] = {}
+        for sub, ref in mk.model_refs(st):
+            if ref in done:
+                continue
+            path = resolve_model(ref, f"{field}.{sub}")
+            paths[ref] = str(path)
+            local.setdefault(f"{field}.{sub}", path)
+        if local:
+            reference = next(iter(local))
+            findings += archcheck.check_models(dict(local), reference, vocab_may_differ=bool(st.get("tokenizer_source")))
+            if st.get("slices"):
+                layers = {ref: archcheck.read_config(Path(p))["num_hidden_layers"] for ref, p in paths.items()}
+                archcheck.check_layer_ranges(st["slices"], layers, field)
+            donor = local[reference]
+            if not st.get("tokenizer_source") and not mk.donor_has_tokenizer(donor):
+                raise ConfigError(reference, f"the tokenizer donor {donor} has no tokenizer files "
+                                  "(mergekit would write an empty tokenizer)",
+                                  "use a base model with tokenizer.json + tokenizer_config.json, or set tokenizer_source")
+        placeholder = {s: f"/stage/{s}" for s in done}
+        mk.validate_with_mergekit(mk.to_mergekit(st, {**paths, **placeholder}), field)
+        stages.append({"name": name, "field": field, "recipe": st, "paths": paths})
+        all_paths.update(paths)
+        done.append(name)
+    est = _estimate(stages, opts)
+    return {"stages": stages, "findings": findings, "estimate": est, "options": opts, "inputs": all_paths}
+
+
+def _estimate(stages: list[dict[str, Any]], opts: dict[str, Any]) -> dict[str, float]:
+    from mergekit.common import parse_kmb
+
+    last = stages[-1]
+    inputs = [Path(p) for p in dict.fromkeys(p for s in stages for p in s["paths"].values())]
+    if not inputs:
+        return {}
+    donor_layers = archcheck.read_config(inputs[0]).get("num_hidden_layers") or 1
+    slices = last["recipe"].get("slices")
+    ratio = sum(s["sources"][0]["layer_range"][1] - s["sources"][0]["layer_range"][0] for s in slices) / donor_layers \
+        if slices else 1.0
+    return archcheck.estimate(inputs, ratio, last["recipe"].get("dtype"), parse_kmb(opts.get("out_shard_size") or "5B"))
+
+
+def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
+    """Dry-run text: resolved mergekit YAML per stage, findings, resource estimate."""
+    parts = []
+    for st in plan["stages"]:
+        placeholder = {s["name"]: f"<stage {s['name']} output>" for s in plan["stages"]}
+        body = yaml.safe_dump(mk.to_mergekit(st["recipe"], {**placeholder, **st["paths"]}), sort_keys=False)
+        parts.append(f"# stage {st['name']} — mergekit config\n{body}")
+    parts.append("# architecture check: OK\n" + "\n".join(f"#   {f}" for f in plan["findings"]))
+    e = plan["estimate"]
+    if e:
+        parts.append(f"# estimate: read {e['read_gb']} GB, write {e['write_gb']} GB, peak RAM ~{e['peak_ram_gb']} GB")
+    return "\n".join(parts)
+
+
+def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
+    """Merge every stage (atomically), then smoke-test, evaluate and log the final model."""
+    output = Path(str(cfg.output)).expanduser().resolve() if cfg.get("output") else run_dir / "model"
+    stage_out = {s["name"]: (output if i == len(plan["stages"]) - 1 else run_dir / "stages" / s["name"])
+                 for i, s in enumerate(plan["stages"])}
+    timings: dict[str, float] = {}
+    read_total = plan["estimate"].get("read_gb", 0.0) * 1e9
+    for st in plan["stages"]:
+        paths = {**st["paths"], **{k: str(v) for k, v in stage_out.items() if k != st["name"]}}
+        config = mk.to_mergekit(st["recipe"], paths)
+        t0 = time.time()
+        update_status(run_dir, phase=f"merge:{st['name']}", tasks_done=0, tasks_total=None)
+
+        def progress(p: dict[str, Any], t0: float = t0, stage: str = st["name"]) -> None:
+            elapsed = max(time.time() - t0, 1e-6)
+            frac = p["tasks_done"] / max(p["tasks_total"], 1)
+            read = read_total * (p["loads_done"] / max(p["loads_total"], 1))
+            update_status(run_dir, phase=f"merge:{stage}", **p, bytes_read=read,
+                          throughput_mb_s=read / elapsed / 1e6, eta_s=elapsed * (1 - frac) / max(frac, 1e-6))
+
+        with atomic_dir(stage_out[st["name"]], overwrite=True) as tmp:
+            mk.run_mergekit(config, tmp, plan["options"], progress=progress)
+            from hpc_merge.modelcard import write_card
+
+            write_card(tmp, f"{cfg.get('name', 'merge')} ({st['name']})", st["recipe"],
+                       {ref: Path(p) for ref, p in paths.items() if ref in st["paths"] or ref in stage_out})
+        timings[f"merge_{st['name']}_s"] = round(time.time() - t0, 3)
+    timings["merge_s"] = round(sum(timings.values()), 3)
+    size = sum(f.stat().st_size for f in output.glob("*.safetensors"))
+    metrics: dict[str, Any] = {"output_bytes": size}
+    tracker.log({"merge_time_s": timings["merge_s"], "output_bytes": size})
+    if cfg.job.smoke.enabled:
+        from hpc_merge.smoke import smoke_test
+
+        update_status(run_dir, phase="smoke")
+        t0 = time.time()
+        smoke = smoke_test(output, list(cfg.job.smoke.prompts), int(cfg.job.smoke.max_new_tokens), cfg.job.smoke.text)
+        timings["smoke_s"] = round(time.time() - t0, 3)
+        metrics.update(perplexity=smoke["perplexity"], n_params=smoke["n_params"])
+        metrics["samples"] = smoke["samples"]
+        tracker.log({"smoke/perplexity": smoke["perplexity"], "smoke/n_params": smoke["n_params"]})
+    if cfg.get("eval") and cfg.eval.get("enabled"):
+        metrics["report"] = _evaluate(cfg, plan, output, run_dir, tracker)
+    tracker.summary({k: v for k, v in metrics.items() if isinstance(v, int | float)} | {"merge_time_s": timings["merge_s"]})
+    return {"output_model": str(output), "metrics": metrics, "timings": timings,
+            "stages": {k: str(v) for k, v in stage_out.items()}}
+
+
+def _evaluate(cfg: DictConfig, plan: dict[str, Any], output: Path, run_dir: Path, tracker: Any) -> list[dict]:
+    """Merge report: base, every source and the merged model on every task."""
+    from hpc_merge.evaluate import load_tasks
+    from hpc_merge.report import format_table, merge_report
+
+    update_status(run_dir, phase="evaluate")
+    final = plan["stages"][-1]["recipe"]
+    base_ref = final.get("base_model")
+    inputs = plan["inputs"]
+    models = []
+    if base_ref and str(base_ref) in inputs:
+        models.append(("base", "base", inputs[str(base_ref)]))
+    for ref, path in inputs.items():
+        if ref != str(base_ref):
+            models.append((ref.split(":")[-1].split("/")[-1], "source", path))
+    models.append(("merged", "merged", str(output)))
+    ev = OmegaConf.to_container(cfg.eval, resolve=True)
+    tasks = load_tasks(list(ev.get("tasks") or ["zoo"]), size=ev.get("size", "full"))
+    rows = merge_report(run_dir, models, tasks, tracker=tracker, split=ev.get("split", "test"))
+    print(format_table(rows))
+    return rows
