@@ -138,6 +138,8 @@ def check_recipe(recipe: dict[str, Any], field: str = "merge", stage_names: tupl
                 if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) for x in lr) and 0 <= lr[0] < lr[1]):
                     raise ConfigError(f"{f}.layer_range", f"bad layer range {lr!r}", "use [start, end) with 0 <= start < end")
                 _check_params(src.get("parameters"), spec, ("input", "non_base"), f"{f}.parameters")
+    if spec.name.startswith("della"):
+        _check_della(recipe, field)
     ts = recipe.get("tokenizer_source")
     if ts is not None and not isinstance(ts, str):
         raise ConfigError(f"{field}.tokenizer_source", f"bad value {ts!r}", "use base, union or model:REF")
@@ -146,6 +148,31 @@ def check_recipe(recipe: dict[str, Any], field: str = "merge", stage_names: tupl
         if str(base) not in weights or "weight" not in weights[str(base)] and "weight" not in (recipe.get("parameters") or {}):
             raise ConfigError(f"{field}.models", "linear with tokenizer_source needs a weight on the base model",
                               "list the base model under models with parameters: {weight: ...}")
+
+
+def _numbers(value: Any) -> list[float]:
+    """Every number inside a parameter value (scalar, gradient or filter list)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, list):
+        return [x for v in value for x in _numbers(v.get("value") if isinstance(v, dict) else v)]
+    return []
+
+
+def _check_della(recipe: dict[str, Any], field: str) -> None:
+    """DELLA samples densities in density ± epsilon, which must stay inside (0, 1)."""
+    top = recipe.get("parameters") or {}
+    for i, entry in enumerate(recipe.get("models") or []):
+        params = {**top, **(entry.get("parameters") or {})}
+        eps = _numbers(params.get("epsilon", 0.15))
+        for d in _numbers(params.get("density", 1.0)):
+            for e in eps:
+                if not (0 < d - e and d + e < 1):
+                    raise ConfigError(f"{field}.models[{i}].parameters.density",
+                                      f"density {d} ± epsilon {e} leaves (0, 1)",
+                                      "lower the density or epsilon so that density + epsilon < 1 and density - epsilon > 0")
 
 
 def _check_required(recipe: dict[str, Any], spec: Any, field: str, base: Any) -> None:
@@ -311,40 +338,41 @@ def run_mergekit(config: dict[str, Any], out_dir: Path, options: dict[str, Any],
                  progress: ProgressFn | None = None) -> None:
     """Run one merge in-process into ``out_dir`` (a fresh folder; the caller makes it atomic)."""
     import mergekit.graph
+    import mergekit.merge
     from mergekit.io.tasks import LoaderCache
-    from mergekit.merge import run_merge
 
     merge_config = validate_with_mergekit(config)
     mk_options = merge_options(options)
     LoaderCache.loaders.clear()  # inputs may have been rewritten since an earlier merge in this process
-    real_tqdm = mergekit.graph.tqdm
+    real_tqdm, real_out_config = mergekit.graph.tqdm, mergekit.merge._model_out_config
     if progress is not None:
         mergekit.graph.tqdm = types.SimpleNamespace(tqdm=_ProgressTqdm(progress).tqdm)
+    mergekit.merge._model_out_config = _with_layer_types_fixed(real_out_config)
     try:
-        run_merge(merge_config, str(out_dir), options=mk_options)
+        mergekit.merge.run_merge(merge_config, str(out_dir), options=mk_options)
     except SystemExit as exc:  # mergekit calls sys.exit on some bad configs
         raise RuntimeError(f"mergekit exited ({exc.code}) on this recipe") from None
     finally:
-        mergekit.graph.tqdm = real_tqdm
+        mergekit.graph.tqdm, mergekit.merge._model_out_config = real_tqdm, real_out_config
         LoaderCache.loaders.clear()
-    fix_layer_types(out_dir)
 
 
-def fix_layer_types(model_dir: Path) -> None:
-    """Make ``layer_types`` as long as ``num_hidden_layers`` (passthrough that changed depth).
+def _with_layer_types_fixed(model_out_config: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap mergekit's ``_model_out_config`` so ``layer_types`` matches the new layer count.
 
-    transformers 5 refuses a config whose ``layer_types`` length differs from the layer count;
-    mergekit 0.1.5 copies the donor's list unchanged. Each new layer takes the type its source
-    position had when the pattern is uniform, else the pattern repeats.
+    A passthrough that changes depth sets ``num_hidden_layers`` but leaves the donor's
+    ``layer_types``; transformers 5 then refuses to save or load the config (after all shards are
+    written). The new list repeats the donor's pattern.
     """
-    path = Path(model_dir) / "config.json"
-    cfg = json.loads(path.read_text())
-    types_ = cfg.get("layer_types")
-    n = cfg.get("num_hidden_layers")
-    if not isinstance(types_, list) or not n or len(types_) == n:
-        return
-    cfg["layer_types"] = [types_[i % len(types_)] for i in range(n)]
-    path.write_text(json.dumps(cfg, indent=2) + "\n")
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        cfg = model_out_config(*args, **kwargs)
+        types_ = getattr(cfg, "layer_types", None)
+        n = getattr(cfg, "num_hidden_layers", None)
+        if isinstance(types_, list) and types_ and n and len(types_) != n:
+            cfg.layer_types = [types_[i % len(types_)] for i in range(n)]
+        return cfg
+
+    return wrapped
 
 
 def copy_tokenizer_files(donor: Path, out_dir: Path) -> None:
@@ -363,4 +391,4 @@ def donor_has_tokenizer(donor: Path) -> bool:
 
 
 __all__ = ["check_recipe", "to_mergekit", "run_mergekit", "merge_options", "method_specs", "model_refs",
-           "fix_layer_types", "donor_has_tokenizer", "validate_with_mergekit"]
+           "donor_has_tokenizer", "validate_with_mergekit"]
