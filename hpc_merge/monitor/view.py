@@ -1,0 +1,215 @@
+"""How runs look: a live rich table (plus the selected run's log tail) and a plain snapshot.
+
+The plain form is for scripts and tests, so it has no colours, boxes or terminal tricks; the
+live form redraws in place and lets the user pick the run whose log is shown (up/down or j/k,
+q to quit) when stdin is a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from hpc_merge.monitor.reader import Reader, RunInfo, last_log_lines
+
+SPARKS = "▁▂▃▄▅▆▇█"
+STYLE = {"pending": "yellow", "running": "cyan", "ok": "green", "failed": "red", "cancelled": "magenta",
+         "dead": "bold red"}
+
+
+def sparkline(values: Sequence[float], width: int = 16) -> str:
+    """The last ``width`` values as block characters, scaled between their min and max."""
+    vals = [float(v) for v in values if isinstance(v, int | float)][-width:]
+    if not vals:
+        return ""
+    lo, hi = min(vals), max(vals)
+    span = hi - lo or 1.0
+    return "".join(SPARKS[round((v - lo) / span * (len(SPARKS) - 1))] for v in vals)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """``75`` -> ``1m15s``; ``None`` -> ``-``."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def fmt_num(value: float | None, fmt: str = ".1f") -> str:
+    """A number, or ``-`` when unknown."""
+    return "-" if value is None else format(value, fmt)
+
+
+def run_label(run: RunInfo) -> str:
+    """``kind/name/run_id``, the short way to name a run dir."""
+    return "/".join(p for p in (run.kind, run.name, run.run_id) if p)
+
+
+def fitness_text(run: RunInfo) -> str:
+    """Best fitness with a sparkline of the per-generation best (evolution runs only)."""
+    if run.best_fitness is None and not run.history:
+        return "-"
+    best = fmt_num(run.best_fitness, ".4g")
+    line = sparkline([r.get("best") for r in run.history])
+    gen = f" g{run.generation}" if run.generation is not None else ""
+    return f"{best}{gen} {line}".strip()
+
+
+def slurm_text(run: RunInfo) -> str:
+    """``123 RUNNING``, or ``-`` for a local run."""
+    if not run.slurm_job_id:
+        return "-"
+    return f"{run.slurm_job_id} {run.slurm_state or '?'}"
+
+
+def detail_text(run: RunInfo) -> str:
+    """Why a run is in its state, when that is not obvious (dead, failed, cancelled)."""
+    return run.reason if run.state in ("dead", "failed", "cancelled", "pending") else ""
+
+
+COLUMNS = ("STATE", "RUN", "PHASE", "PROGRESS", "MB/S", "ETA", "FITNESS", "SLURM", "UPDATED")
+
+
+def _cells(run: RunInfo, now: float) -> list[str]:
+    """Plain cells of one run's row (same order as :data:`COLUMNS`)."""
+    pct = "-" if run.progress is None else f"{run.progress * 100:.0f}%"
+    eta = fmt_duration(run.eta_s) if run.state == "running" else "-"
+    age = fmt_duration(now - run.updated_at) + " ago" if run.updated_at else "-"
+    return [run.state, run_label(run), run.phase or "-", pct, fmt_num(run.throughput_mb_s), eta,
+            fitness_text(run), slurm_text(run), age]
+
+
+def plain_snapshot(runs: Sequence[RunInfo], selected: int = 0, log_lines: int = 8,
+                   now: float | None = None) -> str:
+    """A plain-text table of ``runs`` and the selected run's last log lines."""
+    now = time.time() if now is None else now
+    if not runs:
+        return "no runs found"
+    rows = [list(COLUMNS)] + [_cells(r, now) for r in runs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    for run in runs:
+        if detail_text(run):
+            out.append(f"{run_label(run)}: {run.state}: {detail_text(run)}")
+    if log_lines and runs:
+        run = runs[min(selected, len(runs) - 1)]
+        logs = last_log_lines(run.run_dir, log_lines)
+        if logs:
+            out += ["", f"--- last log lines of {run_label(run)} ---", *logs]
+    return "\n".join(out)
+
+
+def render(runs: Sequence[RunInfo], selected: int = 0, log_lines: int = 8,
+           now: float | None = None) -> RenderableType:
+    """The live view: a table (one row per run) and a panel with the selected run's log tail."""
+    now = time.time() if now is None else now
+    table = Table(expand=True, header_style="bold", pad_edge=False)
+    for name in COLUMNS:
+        table.add_column(name, no_wrap=name != "RUN", overflow="fold" if name == "RUN" else "ellipsis")
+    for i, run in enumerate(runs):
+        cells = _cells(run, now)
+        bar = Text("-")
+        if run.progress is not None:
+            bar = Table.grid(padding=(0, 1))
+            bar.add_row(ProgressBar(total=1.0, completed=run.progress, width=16,
+                                    complete_style=STYLE.get(run.state, "cyan")), cells[3])
+        style = "reverse" if i == selected and len(runs) > 1 else ""
+        table.add_row(Text(run.state, style=STYLE.get(run.state, "")), *cells[1:3], bar, *cells[4:], style=style)
+    parts: list[RenderableType] = [table]
+    for run in runs:
+        if detail_text(run):
+            parts.append(Text(f"{run_label(run)}: {detail_text(run)}", style=STYLE.get(run.state, "")))
+    if runs and log_lines:
+        run = runs[min(selected, len(runs) - 1)]
+        logs = last_log_lines(run.run_dir, log_lines) or ["(no log yet)"]
+        parts.append(Panel(Text("\n".join(logs), no_wrap=True, overflow="ellipsis"),
+                           title=f"log: {run_label(run)}", title_align="left"))
+    parts.append(Text(f"{sum(not r.ended for r in runs)} active of {len(runs)}  ·  "
+                      "↑/↓ select  ·  q quit", style="dim"))
+    return Group(*parts)
+
+
+@contextlib.contextmanager
+def keypresses() -> Iterator[Callable[[], list[str]]]:
+    """A function returning the keys pressed since the last call (nothing if stdin is no tty)."""
+    if not sys.stdin.isatty():
+        yield list
+        return
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+
+    def read() -> list[str]:
+        data = ""
+        while select.select([fd], [], [], 0)[0]:
+            data += os.read(fd, 32).decode(errors="ignore")
+        return split_keys(data)
+
+    try:
+        yield read
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def split_keys(data: str) -> list[str]:
+    """Raw terminal input -> keys: ``"j\x1b[Ak"`` -> ``["j", "\x1b[A", "k"]``."""
+    keys, i = [], 0
+    while i < len(data):
+        n = 3 if data.startswith("\x1b[", i) and i + 2 < len(data) else 1
+        keys.append(data[i:i + n])
+        i += n
+    return keys
+
+
+def _move(selected: int, keys: list[str], n: int) -> tuple[int, bool]:
+    """New selection after ``keys``; ``True`` as second value when the user asked to quit."""
+    for key in keys:
+        if key in ("q", "Q", "\x1b"):
+            return selected, True
+        if key in ("j", "\x1b[B"):
+            selected += 1
+        elif key in ("k", "\x1b[A"):
+            selected -= 1
+    return max(0, min(selected, n - 1)), False
+
+
+def watch(reader: Reader, interval: float = 1.0, log_lines: int = 8, console: Console | None = None) -> int:
+    """Redraw until every run has ended (or ``q``); 0 if all ended ok, else 1."""
+    console = console or Console()
+    runs = reader.snapshot()
+    if not runs:
+        console.print("no runs found")
+        return 0
+    selected, quit_ = 0, False
+    with keypresses() as keys, Live(render(runs, selected, log_lines), console=console,
+                                     refresh_per_second=4, transient=False) as live:
+        while not all(r.ended for r in runs) and not quit_:
+            deadline = time.monotonic() + interval
+            while time.monotonic() < deadline and not quit_:
+                time.sleep(0.05)
+                moved, quit_ = _move(selected, keys(), len(runs))
+                if moved != selected:
+                    selected = moved
+                    live.update(render(runs, selected, log_lines))
+            runs = reader.snapshot()
+            selected = min(selected, len(runs) - 1)
+            live.update(render(runs, selected, log_lines))
+    return 0 if all(r.state == "ok" for r in runs) else 1
