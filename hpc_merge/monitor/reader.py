@@ -36,7 +36,7 @@ RUN_MARKERS = ("status.json", "config.yaml", "result.json")
 #: Folders under ``logs/`` that hold Hydra's own outputs, not run dirs.
 NOT_RUNS = frozenset({"hydra", "multirun", ".hydra"})
 DEFAULT_STALE_AFTER_S = 15 * 60
-_SUBMITIT_ID = re.compile(r"^(\d+(?:_\d+)?)_(?:submitted\.pkl|\d+_log\.(?:out|err)|log\.(?:out|err))$")
+_SUBMITIT_ID = re.compile(r"^(\d+(?:_\d+)?)_(?:submitted\.pkl|\d+_log\.(?:out|err)|\d+_result\.pkl)$")
 
 SlurmQuery = Callable[[Iterable[str]], "dict[str, str] | None"]
 
