@@ -54,6 +54,8 @@ class RunInfo:
     phase: str | None = None
     progress: float | None = None
     throughput_mb_s: float | None = None
+    bytes_read: float | None = None
+    bytes_written: float | None = None
     eta_s: float | None = None
     started_at: float | None = None
     updated_at: float | None = None
@@ -310,7 +312,8 @@ class Reader:
             run_dir=str(run_dir), kind=kind, name=parts[-2] if len(parts) >= 2 else None,
             run_id=run_dir.name, state=state, reason=reason, phase=status.get("phase"),
             progress=1.0 if state == "ok" else progress_of(status),
-            throughput_mb_s=_num(status.get("throughput_mb_s")), eta_s=_num(status.get("eta_s")),
+            throughput_mb_s=_num(status.get("throughput_mb_s")), bytes_read=_num(status.get("bytes_read")),
+            bytes_written=_num(status.get("bytes_written")), eta_s=_num(status.get("eta_s")),
             started_at=_num(status.get("started_at")), updated_at=_num(status.get("updated_at")) or created,
             host=status.get("host"), pid=pid if isinstance(pid, int) else None, slurm_job_id=job_id,
             slurm_state=slurm_state or status.get("slurm_state"),

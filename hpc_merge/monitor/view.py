@@ -82,7 +82,25 @@ def detail_text(run: RunInfo) -> str:
     return run.reason if run.state in ("dead", "failed", "cancelled", "pending") else ""
 
 
-COLUMNS = ("STATE", "RUN", "PHASE", "PROGRESS", "MB/S", "ETA", "FITNESS", "SLURM", "UPDATED")
+def fmt_bytes(n: float | None) -> str:
+    """``29e6`` -> ``29M``; ``None`` -> ``-``."""
+    if n is None:
+        return "-"
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "" or abs(n) >= 10 else f"{n:.1f}{unit}"
+        n /= 1000
+    return "-"
+
+
+def io_text(run: RunInfo) -> str:
+    """``read→written`` bytes, as far as the job reports them."""
+    if run.bytes_read is None and run.bytes_written is None:
+        return "-"
+    return f"{fmt_bytes(run.bytes_read)}→{fmt_bytes(run.bytes_written)}"
+
+
+COLUMNS = ("STATE", "RUN", "PHASE", "PROGRESS", "MB/S", "IO", "ETA", "FITNESS", "SLURM", "UPDATED")
 
 
 def _cells(run: RunInfo, now: float) -> list[str]:
@@ -90,7 +108,7 @@ def _cells(run: RunInfo, now: float) -> list[str]:
     pct = "-" if run.progress is None else f"{run.progress * 100:.0f}%"
     eta = fmt_duration(run.eta_s) if run.state == "running" else "-"
     age = fmt_duration(now - run.updated_at) + " ago" if run.updated_at else "-"
-    return [run.state, run_label(run), run.phase or "-", pct, fmt_num(run.throughput_mb_s), eta,
+    return [run.state, run_label(run), run.phase or "-", pct, fmt_num(run.throughput_mb_s), io_text(run), eta,
             fitness_text(run), slurm_text(run), age]
 
 

@@ -19,7 +19,7 @@ from hpc_merge.atomic import write_json
 from hpc_merge.monitor import main
 from hpc_merge.monitor.reader import Reader, classify, discover, last_log_lines, slurm_job_id
 from hpc_merge.monitor.slurmq import parse_sacct
-from hpc_merge.monitor.view import plain_snapshot, sparkline, split_keys, watch
+from hpc_merge.monitor.view import fmt_bytes, plain_snapshot, sparkline, split_keys, watch
 from hpc_merge.status import read_status, update_status
 
 HOST = socket.gethostname()
@@ -175,7 +175,7 @@ def test_discover_skips_a_runs_own_folders(tmp_path: Path) -> None:
 def test_json_and_once_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     merge = _run(tmp_path, "m")
     update_status(merge, state="running", phase="merge:final", tasks_done=50, tasks_total=200,
-                  throughput_mb_s=12.5, eta_s=75)
+                  throughput_mb_s=12.5, eta_s=75, bytes_read=29e6)
 
     time.sleep(0.01)  # the evolution run is the most recent: selected, its log shown
     evo = _run(tmp_path, "evo", kind="evolve")
@@ -194,7 +194,7 @@ def test_json_and_once_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["--once", "--lines", "1", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if "merge/m/" in line).split()
-    assert row[:4] == ["running", "merge/m/id-m", "merge:final", "25%"] and "1m15s" in row
+    assert row[:7] == ["running", "merge/m/id-m", "merge:final", "25%", "12.5", "29M→-", "1m15s"]
     assert sparkline([0.1, 0.3, 0.2, 0.6]) in out and "0.6 g3" in out
     # --lines 1: the newest log file's last line, of the selected (first) run
     assert out.rstrip().splitlines()[-3:] == ["--- last log lines of evolve/evo/id-evo ---", "==> job.log <==",
@@ -237,3 +237,4 @@ def test_plain_snapshot_and_keys() -> None:
     assert plain_snapshot([]) == "no runs found"
     assert split_keys("j\x1b[Ak\x1b") == ["j", "\x1b[A", "k", "\x1b"]
     assert sparkline([1, 1, 1]) == "▁▁▁" and sparkline([0, 1]) == "▁█"
+    assert [fmt_bytes(n) for n in (None, 999, 1500, 29e6, 2.5e9)] == ["-", "999", "1.5K", "29M", "2.5G"]
