@@ -275,10 +275,14 @@ def validate_recipe(recipe: Any, field_prefix: str = "moe",
     raw_shared = recipe.get("shared_experts")
     needs_prompts = gate_mode in PROMPT_GATE_MODES
     for i, e in enumerate(raw_experts):
+        if isinstance(e, Mapping):
+            _check_keys(e, EXPERT_KEYS, f"{field_prefix}.experts[{i}]")
         if needs_prompts and isinstance(e, Mapping) and not e.get("positive_prompts"):
             raise ConfigError(f"{field_prefix}.experts[{i}].positive_prompts", f"missing; gate_mode={gate_mode} routes by prompts",
                               "give each expert positive_prompts, or use gate_mode=random")
-    for i, e in enumerate(raw_shared or []):
+    for i, e in enumerate(raw_shared if isinstance(raw_shared, (list, tuple)) else []):
+        if isinstance(e, Mapping):
+            _check_keys(e, EXPERT_KEYS, f"{field_prefix}.shared_experts[{i}]")
         if (needs_prompts and shared_gate == "prompts" and isinstance(e, Mapping) and not e.get("positive_prompts")):
             raise ConfigError(f"{field_prefix}.shared_experts[{i}].positive_prompts",
                               f"missing; with gate_mode={gate_mode} the shared expert's gate is computed from prompts",
