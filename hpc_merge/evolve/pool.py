@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,10 +83,15 @@ class LocalPool:
         del self.workers[w.wid]
         self._start()
 
-    def map(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Evaluate ``jobs``; returns one outcome per job, in order (failures included)."""
+    def map(self, jobs: list[dict[str, Any]],
+            on_result: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """Evaluate ``jobs``; returns one outcome per job, in order (failures included).
+
+        ``on_result(index, outcome)`` is called as each outcome arrives (the search caches it).
+        """
         results: dict[int, dict[str, Any]] = {}
         pending = list(range(len(jobs)))
+        reported: set[int] = set()
         while len(results) < len(jobs):
             for w in list(self.workers.values()):  # hand out work to idle, ready workers
                 if w.ready and w.job is None and pending:
@@ -104,6 +110,10 @@ class LocalPool:
                 results[idx] = payload
                 self.workers[wid].job = None
             self._police(results)
+            for i in sorted(set(results) - reported):
+                reported.add(i)
+                if on_result is not None:
+                    on_result(i, results[i])
         return [results[i] for i in range(len(jobs))]
 
     def _police(self, results: dict[int, dict[str, Any]]) -> None:
