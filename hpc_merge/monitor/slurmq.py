@@ -65,29 +65,46 @@ def _array_fallback(job_id: str, states: dict[str, str]) -> str | None:
     return None
 
 
+def _squeue(ids: list[str]) -> dict[str, str] | None:
+    """States slurmctld knows right now (``-t all``: recently ended jobs too), or ``None``."""
+    out = _run(["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", ",".join(ids)])
+    if out is None:
+        # squeue exits 1 when *every* id is unknown ("Invalid job id"): ask for the whole queue.
+        out = _run(["squeue", "-h", "-t", "all", "-o", "%i|%T"])
+    return None if out is None else parse_sacct(out)
+
+
+def _sacct(ids: list[str]) -> dict[str, str] | None:
+    """States from accounting (jobs slurmctld has forgotten), or ``None`` without accounting."""
+    # a still-packed pending array answers only to its base id (``-j 9_0`` prints nothing)
+    asked = sorted(set(ids) | {i.partition("_")[0] for i in ids})
+    out = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(asked)])
+    return None if out is None else parse_sacct(out)
+
+
 def query_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     """``{job_id: STATE}`` for ``job_ids``, or ``None`` when SLURM cannot be asked at all.
 
-    Jobs SLURM does not know (anymore) are left out with sacct, or marked :data:`GONE` when only
-    squeue answered (it forgets finished jobs after ``MinJobAge``).
+    squeue comes first: it is slurmctld's live view, while accounting lags by seconds (slurmdbd
+    is fed asynchronously). Jobs squeue no longer knows (ended more than ``MinJobAge`` ago) are
+    looked up in sacct; jobs neither knows are left out, or marked :data:`GONE` when squeue
+    answered but accounting is unavailable.
     """
     ids = sorted({str(j) for j in job_ids if str(j).strip()})
     if not ids:
         return {}
-    out = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(ids)])
-    if out is not None:
-        raw = parse_sacct(out)
-        states = {}
-        for job_id in ids:
-            state = raw.get(job_id) or _array_fallback(job_id, raw)
-            if state:
-                states[job_id] = state
+    live = _squeue(ids)
+    states = {i: st for i in ids if (st := (live or {}).get(i) or _array_fallback(i, live or {}))}
+    missing = [i for i in ids if i not in states]
+    if not missing:
         return states
-    out = _run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(ids)])
-    if out is None:
-        # squeue exits 1 when *every* id is unknown ("Invalid job id"): ask for the whole queue.
-        out = _run(["squeue", "-h", "-o", "%i|%T"])
-        if out is None:
-            return None
-    raw = parse_sacct(out)
-    return {job_id: raw.get(job_id) or _array_fallback(job_id, raw) or GONE for job_id in ids}
+    acct = _sacct(missing)
+    if acct is None and live is None:
+        return None
+    for job_id in missing:
+        state = (acct or {}).get(job_id) or _array_fallback(job_id, acct or {})
+        if state:
+            states[job_id] = state
+        elif acct is None:
+            states[job_id] = GONE
+    return states

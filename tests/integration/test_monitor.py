@@ -164,3 +164,24 @@ def test_slurm_job_killed_or_cancelled(slurm_cluster, slow_models, tmp_path: Pat
         outcomes[how] = seen[-1]["state"]
         assert seen[-1]["status"]["state"] == "running"
     assert outcomes == {"kill": "dead", "scancel": "cancelled"}
+
+
+@pytest.mark.slurm
+def test_slurm_states_from_squeue_and_sacct(slurm_cluster, tmp_path: Path) -> None:
+    """Live states (held array elements, a failed job) and one slurmctld has forgotten (sacct)."""
+    from hpc_merge.monitor.slurmq import query_states
+
+    def sbatch(*args: str) -> str:
+        return subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", f"--chdir={tmp_path}", *args],
+                              capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+
+    held = sbatch("-H", "--array=0-1", "--wrap", "sleep 30")
+    failed = sbatch("--wrap", "exit 3")
+    try:
+        deadline = time.monotonic() + 60
+        while (states := query_states([f"{held}_1", failed, "999999"]))[failed] != "FAILED":
+            assert time.monotonic() < deadline, states
+            time.sleep(0.5)
+        assert states == {f"{held}_1": "PENDING", failed: "FAILED"}  # unknown ids are left out
+    finally:
+        subprocess.run(["scancel", held], check=False, timeout=30)
