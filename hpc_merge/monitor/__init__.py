@@ -42,11 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     roots = args.run_dirs or [os.environ.get("HPC_MERGE_LOGS") or "logs"]
     missing = [r for r in roots if not Path(r).exists()]
     if missing:
-        print(f"error: {', '.join(missing)}: no such run dir or folder", file=sys.stderr)
+        hint = "" if args.run_dirs else " (run from the project folder, set HPC_MERGE_LOGS or pass RUN_DIR)"
+        print(f"error: {', '.join(missing)}: no such run dir or folder{hint}", file=sys.stderr)
         return 2
-    reader = Reader(roots, stale_after=args.stale_after)
+    reader = Reader(roots, stale_after=args.stale_after, limit=args.limit)
     if args.json or args.once:
-        runs = reader.snapshot()[: args.limit]
+        runs = reader.snapshot()
         if args.json:
             print(json.dumps({"generated_at": time.time(), "runs": [r.to_json() for r in runs]},
                              indent=2, default=str))
@@ -58,16 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from hpc_merge.monitor.view import watch
 
     try:
-        return watch(_Limited(reader, args.limit), args.interval, args.lines)
+        return watch(reader, args.interval, args.lines)
     except KeyboardInterrupt:
         return 130
 
-
-class _Limited:
-    """A reader showing at most ``limit`` runs (active first): old runs pile up under logs/."""
-
-    def __init__(self, reader: Reader, limit: int):
-        self.reader, self.limit = reader, limit
-
-    def snapshot(self) -> list[RunInfo]:
-        return self.reader.snapshot()[: self.limit]

@@ -256,11 +256,16 @@ def last_log_lines(run_dir: str | Path, lines: int = 10) -> list[str]:
 
 
 class Reader:
-    """Snapshots of a set of run dirs; SLURM is asked at most every ``slurm_every`` seconds."""
+    """Snapshots of a set of run dirs; SLURM is asked at most every ``slurm_every`` seconds.
+
+    ``limit`` keeps the ``limit`` most relevant runs (active first, then most recent): old runs
+    pile up under ``logs/``.
+    """
 
     def __init__(self, roots: Iterable[str | Path], *, stale_after: float = DEFAULT_STALE_AFTER_S,
-                 slurm_every: float = 5.0, query: SlurmQuery = slurmq.query_states):
+                 slurm_every: float = 5.0, query: SlurmQuery = slurmq.query_states, limit: int | None = None):
         self.roots = [Path(r) for r in roots]
+        self.limit = limit
         self.stale_after = stale_after
         self.slurm_every = slurm_every
         self.query = query
@@ -292,7 +297,7 @@ class Reader:
         host, now = socket.gethostname(), time.time()
         infos = [self._info(d, s, r, j, states.get(j) if j and asked else None, host, now)
                  for d, s, r, j in runs]
-        return sorted(infos, key=lambda i: (i.ended, -(i.updated_at or 0.0), i.run_dir))
+        return sorted(infos, key=lambda i: (i.ended, -(i.updated_at or 0.0), i.run_dir))[: self.limit]
 
     def _info(self, run_dir: Path, status: dict[str, Any], result: dict[str, Any], job_id: str | None,
               slurm_state: str | None, host: str, now: float) -> RunInfo:

@@ -200,6 +200,8 @@ def test_json_and_once_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert out.rstrip().splitlines()[-3:] == ["--- last log lines of evolve/evo/id-evo ---", "==> job.log <==",
                                               "gen 3 best 0.6"]
 
+    assert main(["--json", "--limit", "1", str(tmp_path)]) == 0
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)["runs"]] == ["evo"]
     assert main(["--json", str(tmp_path / "missing")]) == 2
 
 
