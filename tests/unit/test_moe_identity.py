@@ -22,13 +22,15 @@ SEQ = 24
 N_EXPERTS = 3
 
 
-def _logits(model_dir: Path, ids: torch.Tensor) -> tuple[torch.Tensor, str]:
+def _logits(model_dir: Path, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Full-sequence logits, an 8-token greedy continuation (exercises the KV cache), the class name."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, trust_remote_code=False)
     model.eval()
     with torch.no_grad():
-        return model(ids).logits, type(model).__name__
+        gen = model.generate(ids[:1, :6], max_new_tokens=8, do_sample=False, pad_token_id=0)
+        return model(ids).logits, gen, type(model).__name__
 
 
 def _with_config(folder: Path, **changes) -> Path:
@@ -86,9 +88,10 @@ def test_moe_of_copies_equals_dense(case: str, windowed: dict[str, Path], tmp_pa
     build_moe(plan, out)
 
     ids = torch.randint(1, 320, (2, SEQ), generator=torch.Generator().manual_seed(0))
-    want, _ = _logits(dense, ids)
-    got, cls = _logits(out, ids)
+    want, want_gen, _ = _logits(dense, ids)
+    got, got_gen, cls = _logits(out, ids)
     assert cls == expected_class
+    assert torch.equal(want_gen, got_gen), "cached greedy generation differs"
     diff = (want - got).abs().max().item()
     print(f"identity {case}: max abs diff {diff:.3g}")
     assert diff <= 1e-4, f"{case}: max abs logit diff {diff}"
@@ -98,7 +101,7 @@ def test_dropping_the_window_would_be_caught(windowed: dict[str, Path]) -> None:
     """The windowed sources really depend on their window at this length (so the test above can fail)."""
     src = windowed["mistral"]
     ids = torch.randint(1, 320, (1, SEQ), generator=torch.Generator().manual_seed(0))
-    with_window, _ = _logits(src, ids)
+    with_window, _, _ = _logits(src, ids)
     cfg = json.loads((src / "config.json").read_text())
     assert cfg["sliding_window"] == 4
     from transformers import AutoConfig, AutoModelForCausalLM
