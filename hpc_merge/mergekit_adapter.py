@@ -234,35 +234,36 @@ def to_mergekit(recipe: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]
 def validate_with_mergekit(config: dict[str, Any], field: str = "merge") -> Any:
     """Build the ``MergeConfiguration`` (pydantic) and turn its errors into one line."""
     try:
-        return _ordered_config_class().model_validate(config)
+        merge_config = _ordered_config_class().model_validate(config)
     except Exception as exc:  # pydantic ValidationError or mergekit's RuntimeError
         first = str(exc).strip().splitlines()
         msg = " ".join(first[:3]) if first else type(exc).__name__
         raise ConfigError(field, f"mergekit rejects the recipe: {msg}", "fix the recipe") from None
+    order = [merge_config.base_model] if merge_config.base_model else []
+    order += [m.model for m in merge_config.models or []]
+    order += [src.model for s in merge_config.slices or [] for src in s.sources]
+    merge_config._order = list(dict.fromkeys(order))
+    return merge_config
 
 
 def _ordered_config_class() -> type:
-    """MergeConfiguration whose ``referenced_models`` keeps the order of appearance.
+    """MergeConfiguration whose ``referenced_models`` keeps the recipe's order.
 
-    mergekit builds that list from a set, and takes its first element as the donor of config.json
-    and the tokenizer when there is no base model: with the order kept, the donor is the first model.
+    mergekit builds that list from a set and takes its first element as the donor of config.json
+    and of the tokenizer when there is no base model, so the donor changes from run to run. The
+    order is captured at validation (mergekit reorders ``models`` while planning).
     """
     from mergekit.config import MergeConfiguration
+    from pydantic import PrivateAttr
 
     global _ORDERED
     if _ORDERED is None:
         class OrderedMergeConfiguration(MergeConfiguration):
-            def referenced_models(self):  # noqa: D102 - see class docstring
+            _order: list = PrivateAttr(default_factory=list)
+
+            def referenced_models(self):  # noqa: D102 - see the factory's docstring
                 seen = super().referenced_models()
-                order = []
-                if self.base_model:
-                    order.append(self.base_model)
-                for m in self.models or []:
-                    order.append(m.model)
-                for s in self.slices or []:
-                    order.extend(src.model for src in s.sources)
-                ordered = list(dict.fromkeys(order))
-                return ordered + [m for m in seen if m not in ordered]
+                return [m for m in self._order if m in seen] + [m for m in seen if m not in self._order]
 
         _ORDERED = OrderedMergeConfiguration
     return _ORDERED
