@@ -13,7 +13,6 @@ workarounds for known mergekit bugs (see ``../shared/notes/mergekit-facts.md``):
 
 from __future__ import annotations
 
-import json
 import os
 import types
 from collections.abc import Callable

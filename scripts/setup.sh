@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up hpc_merge in ./.venv (idempotent, seconds when already done).
+# torch is pinned first: with no torch installed, an unpinned one drags in the newest CUDA build
+# (gigabytes). On GPU clusters set TORCH_SPEC to the build your nodes need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+stamp=.venv/.hpc_merge-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q -e ".[eval,dev]"
+  touch "$stamp"
+fi
+echo "hpc_merge is set up in .venv ($(.venv/bin/python -c 'import hpc_merge; print(hpc_merge.__version__)'))"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite: the unit tier and the integration tier (real SLURM,
+# CLI end to end, zoo training). As root with apt, the local SLURM cluster is installed and
+# started first (scripts/local_slurm.sh); elsewhere the SLURM tests skip with the reason.
+# Extra arguments go to pytest, e.g. scripts/test.sh -m "not integration" for the unit tier only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  bash scripts/local_slurm.sh up
+fi
+export HPC_MERGE_CACHE=${HPC_MERGE_CACHE:-$PWD/.cache/test-models}
+exec .venv/bin/python -m pytest -m "integration or not integration" -p no:cacheprovider -ra "$@"
