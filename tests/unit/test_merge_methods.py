@@ -28,6 +28,13 @@ def _plan(recipe: dict) -> tuple:
     return cfg, merge_job.validate(cfg)
 
 
+def test_every_method_has_a_recipe_file() -> None:
+    from hpc_merge.config import config_dir
+
+    shipped = {p.stem for p in (Path(config_dir()) / "merge").glob("*.yaml")}
+    assert set(ALL_METHODS) <= shipped
+
+
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_method_merges_and_loads(method: str, tiny_pool, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer

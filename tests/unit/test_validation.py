@@ -87,7 +87,7 @@ def test_bad_layer_range(tiny_pool) -> None:
 
 def test_slerp_takes_two_models(tiny_pool) -> None:
     r = recipe_for("slerp")
-    r["models"].append({"model": "tiny:science"})
+    r["models"].append({"model": "tiny:coder"})
     err = _error(_cfg(r))
     assert err.field == "merge.models"
 
