@@ -119,11 +119,12 @@ def run_search(space: SearchSpace, settings: SearchSettings, run_dir: str | Path
     if state is None:
         state = new_state(space, settings, fingerprint)
         save_state(run_dir, state)
-    np.random.set_state(state.rng)
     cache = ResultCache(run_dir / "cache.jsonl", initial=state.cache)
     while (reason := stop_reason(state, settings)) is None:
         t0 = time.time()
+        np.random.set_state(state.rng)  # cma samples from numpy's global RNG; evaluation may reseed it
         xs = state.es.ask()
+        rng_after_ask = np.random.get_state()
         recipes = [space.decode(x) for x in xs]
         keys = [candidate_key(r) for r in recipes]
         seen_before = {c["key"] for c in state.candidates}
@@ -142,6 +143,7 @@ def run_search(space: SearchSpace, settings: SearchSettings, run_dir: str | Path
                          "scores": out.get("scores", {}), "reason": out.get("reason"),
                          "repeat": key in seen_before or keys.index(key) < i,
                          "merge_s": out.get("merge_s"), "eval_s": out.get("eval_s")})
+        np.random.set_state(rng_after_ask)
         told = [-r["fitness"] if r["status"] == "ok" and math.isfinite(r["fitness"]) else WORST for r in rows]
         state.es.tell(xs, told)
         new = len({r["key"] for r in rows} - seen_before)

@@ -41,6 +41,10 @@ DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
     "weight": (0.0, 1.0), "density": (0.1, 1.0), "t": (0.0, 1.0), "epsilon": (0.01, 0.1), "gamma": (0.0, 0.05),
     "lambda": (0.5, 1.5),
 }
+#: Method-specific defaults: della's density ± epsilon must stay inside (0, 1).
+METHOD_BOUNDS: dict[str, dict[str, tuple[float, float]]] = {
+    "della": {"density": (0.2, 0.85)}, "della_linear": {"density": (0.2, 0.85)},
+}
 LIMITS: dict[str, tuple[float, float]] = {
     "weight": (-2.0, 2.0), "density": (0.0, 1.0), "t": (0.0, 1.0), "epsilon": (0.0, 0.5), "gamma": (0.0, 0.5),
     "lambda": (0.0, 4.0),
@@ -102,7 +106,8 @@ class SearchSpace:
         if method == "slerp" and len(models) != 1:
             raise ConfigError(f"{field_prefix}.models", "slerp takes exactly one model besides base_model",
                               "list one model")
-        params = ev.get("parameters") or {p: list(DEFAULT_BOUNDS[p]) for p in METHOD_PARAMS[method]}
+        defaults = {**DEFAULT_BOUNDS, **METHOD_BOUNDS.get(method, {})}
+        params = ev.get("parameters") or {p: list(defaults[p]) for p in METHOD_PARAMS[method]}
         allowed = METHOD_PARAMS[method] + ("lambda",) if method not in ("linear", "slerp") else METHOD_PARAMS[method]
         checked = []
         for name, bounds in params.items():
@@ -111,7 +116,7 @@ class SearchSpace:
                 raise ConfigError(f, f"{method} cannot search {name!r}{did_you_mean(str(name), allowed)}",
                                   f"search some of {', '.join(allowed)}")
             if bounds is None:
-                bounds = DEFAULT_BOUNDS[name]
+                bounds = defaults[name]
             if not (isinstance(bounds, Sequence) and len(bounds) == 2 and all(isinstance(b, int | float) for b in bounds)):
                 raise ConfigError(f, f"bad bounds {bounds!r}", "give [low, high]")
             lo, hi = float(bounds[0]), float(bounds[1])
