@@ -44,12 +44,12 @@ def slurm_evaluator(cluster: dict[str, Any], folder: Path, name: str, spec: Work
         batch_dir = Path(folder) / jobs[0]["key"]
         submitted = slurm.submit_array(cluster, batch_dir, name, functools.partial(evaluate_batch, spec), chunks)
         outcomes: list[dict[str, Any]] = []
-        for (ok, value), chunk, job in zip(slurm.gather(submitted), chunks, submitted, strict=True):
+        for (ok, value), chunk in zip(slurm.gather(submitted), chunks, strict=True):
             if ok and isinstance(value, list) and len(value) == len(chunk):
                 got = value
-            else:
-                reason = value if not ok else f"array task returned {type(value).__name__}"
-                got = [failed(f"slurm job {getattr(job, 'job_id', '?')}: {reason}"[:500]) for _ in chunk]
+            else:  # gather's reason names the job, its SLURM state and the error's last line
+                reason = str(value) if not ok else f"array task returned {type(value).__name__}"
+                got = [failed(f"slurm: {reason}"[:500]) for _ in chunk]
             for out in got:
                 on_result(len(outcomes), out)
                 outcomes.append(out)
