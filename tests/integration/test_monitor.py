@@ -143,27 +143,65 @@ def test_slurm_merge_watched_to_the_end(slurm_cluster, slow_models, tmp_path: Pa
     assert run["state"] == "ok" and run["slurm_state"] == "COMPLETED" and run["slurm_job_id"]
 
 
-@pytest.mark.slurm
-def test_slurm_job_killed_or_cancelled(slurm_cluster, slow_models, tmp_path: Path) -> None:
-    """A job whose process is killed on the node is dead (SLURM: FAILED); scancel -> cancelled."""
-    outcomes = {}
-    for how in ("kill", "scancel"):
-        logs = tmp_path / how / "logs"
-        logs.mkdir(parents=True)
-        proc = start_merge(slow_models, logs, f"slurm-{how}", "cluster=slurm")
+def job_pythons(job_id: str) -> list[int]:
+    """Pids of the Python processes of SLURM job ``job_id`` on this (the only) node.
+
+    Found through the job's environment rather than the status file, whose ``pid`` is whichever
+    process wrote last (the waiting CLI records SLURM states there too).
+    """
+    pids = []
+    for proc in Path("/proc").iterdir():
         try:
-            seen = sample(logs, lambda s: s[-1]["state"] == "running" and (s[-1]["progress"] or 0) > 0)
-            job = seen[-1]
-            if how == "kill":
-                os.kill(job["pid"], signal.SIGKILL)  # the job's python on the (local) node
-            else:
-                subprocess.run(["scancel", str(job["slurm_job_id"])], check=True, timeout=30)
-            seen += sample(logs, lambda s: s[-1]["state"] != "running", timeout=120, every=0.5)
-        finally:
-            _finish(proc)
-        outcomes[how] = seen[-1]["state"]
-        assert seen[-1]["status"]["state"] == "running"
-    assert outcomes == {"kill": "dead", "scancel": "cancelled"}
+            env = (proc / "environ").read_bytes().split(b"\0")
+            exe = os.path.basename(os.readlink(proc / "exe"))
+        except (OSError, ValueError):
+            continue
+        if f"SLURM_JOB_ID={job_id}".encode() in env and exe.startswith("python"):
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slurm
+def test_slurm_job_killed_on_the_node_is_dead(slurm_cluster, slow_models, tmp_path: Path) -> None:
+    """The job's process dies without a word (SIGKILL): SLURM says FAILED, the status says running."""
+    logs = tmp_path / "logs"
+    proc = start_merge(slow_models, logs, "slurm-kill", "cluster=slurm")
+    try:
+        seen = sample(logs, lambda s: s[-1]["state"] == "running" and (s[-1]["progress"] or 0) > 0)
+        pids = job_pythons(str(seen[-1]["slurm_job_id"]))
+        assert pids, f"no python process of job {seen[-1]['slurm_job_id']} on this node"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        seen += sample(logs, lambda s: s[-1]["state"] != "running", timeout=120, every=0.5)
+    finally:
+        _finish(proc)
+    assert proc.returncode != 0
+    last = seen[-1]
+    assert (last["state"], last["slurm_state"], last["status"]["state"]) == ("dead", "FAILED", "running"), last
+    assert "FAILED" in last["reason"]
+
+
+@pytest.mark.slurm
+def test_slurm_pending_job_then_cancelled(slurm_cluster, slow_models, tmp_path: Path) -> None:
+    """A job held back by a begin time is pending; ``scancel`` makes it cancelled.
+
+    (A running merge is not cancelled here: submitit lets the job finish its SIGTERM grace
+    period, in which a short merge completes and rightly reads ok.)
+    """
+    logs = tmp_path / "logs"
+    proc = start_merge(slow_models, logs, "slurm-cancel", "cluster=slurm",
+                       "cluster.additional_parameters={begin: now+300}")
+    try:
+        seen = sample(logs, lambda s: s[-1]["slurm_job_id"] is not None and s[-1]["slurm_state"] == "PENDING")
+        assert seen[-1]["state"] == "pending", seen[-1]
+        subprocess.run(["scancel", str(seen[-1]["slurm_job_id"])], check=True, timeout=30)
+        seen += sample(logs, lambda s: s[-1]["state"] != "pending", timeout=120, every=0.5)
+    finally:
+        _finish(proc)
+    assert proc.returncode != 0
+    assert (seen[-1]["state"], seen[-1]["slurm_state"]) == ("cancelled", "CANCELLED"), seen[-1]
+    [run] = json.loads(monitor_cli("--json", str(logs)).stdout)["runs"]
+    assert run["state"] == "cancelled"
 
 
 @pytest.mark.slurm
