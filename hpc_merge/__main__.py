@@ -21,7 +21,16 @@ def main() -> None:
     import hydra
 
     from hpc_merge.app import main_guarded
-    from hpc_merge.config import config_dir
+    from hpc_merge.config import config_dir, precheck
+    from hpc_merge.errors import ConfigError
+
+    args = sys.argv[1:]
+    if not any(a.startswith("-") or a.startswith(("hydra.", "hydra/")) for a in args):
+        try:
+            precheck(args)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(ConfigError.exit_code)
 
     hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")(main_guarded)()
 

@@ -78,6 +78,8 @@ def test_console_script_and_dry_run(tiny_pool, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args,field", [
     (["merge.merge_method=tiez"], "merge.merge_method"),
+    (["merge=tiez"], "merge: no merge config named 'tiez' (did you mean 'ties'?)"),
+    (["merge.densty=0.5"], "merge.densty"),
     (["+merge.models.0.parameters.densty=0.5", "merge=balanced"], "merge.models[0].parameters.densty"),
     (["merge.models.0.model=/nonexistent/model"], "merge.models[0].model"),
     (["merge=balanced", "~merge.base_model"], "merge.base_model"),
