@@ -101,15 +101,26 @@ def io_text(run: RunInfo) -> str:
 
 
 COLUMNS = ("STATE", "RUN", "PHASE", "PROGRESS", "MB/S", "IO", "ETA", "FITNESS", "SLURM", "UPDATED")
+#: Columns shown even when no run has a value there; the others give way on narrow terminals.
+ALWAYS = frozenset({"STATE", "RUN", "PHASE", "PROGRESS", "UPDATED"})
 
 
 def _cells(run: RunInfo, now: float) -> list[str]:
     """Plain cells of one run's row (same order as :data:`COLUMNS`)."""
     pct = "-" if run.progress is None else f"{run.progress * 100:.0f}%"
-    eta = fmt_duration(run.eta_s) if run.state == "running" else "-"
+    eta = "-"
+    if run.state == "running" and run.eta_s is not None:  # counted down since the job said it
+        eta = fmt_duration(max(0.0, run.eta_s - (now - (run.updated_at or now))))
     age = fmt_duration(now - run.updated_at) + " ago" if run.updated_at else "-"
     return [run.state, run_label(run), run.phase or "-", pct, fmt_num(run.throughput_mb_s), io_text(run), eta,
             fitness_text(run), slurm_text(run), age]
+
+
+def _table(runs: Sequence[RunInfo], now: float) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header, rows and the kept column indexes: a column no run fills (``-``) is left out."""
+    rows = [_cells(r, now) for r in runs]
+    keep = [i for i, name in enumerate(COLUMNS) if name in ALWAYS or any(row[i] != "-" for row in rows)]
+    return [COLUMNS[i] for i in keep], [[row[i] for i in keep] for row in rows], keep
 
 
 def plain_snapshot(runs: Sequence[RunInfo], selected: int = 0, log_lines: int = 8,
@@ -118,8 +129,9 @@ def plain_snapshot(runs: Sequence[RunInfo], selected: int = 0, log_lines: int = 
     now = time.time() if now is None else now
     if not runs:
         return "no runs found"
-    rows = [list(COLUMNS)] + [_cells(r, now) for r in runs]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    header, body, _ = _table(runs, now)
+    rows = [header, *body]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     out = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     for run in runs:
         if detail_text(run):
@@ -136,18 +148,24 @@ def render(runs: Sequence[RunInfo], selected: int = 0, log_lines: int = 8,
            now: float | None = None) -> RenderableType:
     """The live view: a table (one row per run) and a panel with the selected run's log tail."""
     now = time.time() if now is None else now
+    header, body, _ = _table(runs, now)
     table = Table(expand=True, header_style="bold", pad_edge=False)
-    for name in COLUMNS:
-        table.add_column(name, no_wrap=name != "RUN", overflow="fold" if name == "RUN" else "ellipsis")
-    for i, run in enumerate(runs):
-        cells = _cells(run, now)
-        bar = Text("-")
+    label_width = min(max(len(row[1]) for row in body) if body else 3, 40)
+    for name in header:
+        if name == "RUN":
+            table.add_column(name, no_wrap=True, min_width=label_width, ratio=3)
+        else:
+            table.add_column(name, no_wrap=True, overflow="ellipsis")
+    progress_col = header.index("PROGRESS")
+    for i, (run, cells) in enumerate(zip(runs, body, strict=True)):
+        row: list[RenderableType] = [Text(c) for c in cells]
+        row[0] = Text(run.state, style=STYLE.get(run.state, ""))
         if run.progress is not None:
             bar = Table.grid(padding=(0, 1))
-            bar.add_row(ProgressBar(total=1.0, completed=run.progress, width=16,
-                                    complete_style=STYLE.get(run.state, "cyan")), cells[3])
-        style = "reverse" if i == selected and len(runs) > 1 else ""
-        table.add_row(Text(run.state, style=STYLE.get(run.state, "")), *cells[1:3], bar, *cells[4:], style=style)
+            bar.add_row(ProgressBar(total=1.0, completed=run.progress, width=12,
+                                    complete_style=STYLE.get(run.state, "cyan")), cells[progress_col])
+            row[progress_col] = bar
+        table.add_row(*row, style="reverse" if i == selected and len(runs) > 1 else "")
     parts: list[RenderableType] = [table]
     for run in runs:
         if detail_text(run):
@@ -210,7 +228,7 @@ def _move(selected: int, keys: list[str], n: int) -> tuple[int, bool]:
 
 
 def watch(reader: Reader, interval: float = 1.0, log_lines: int = 8, console: Console | None = None) -> int:
-    """Redraw until every run has ended (or ``q``); 0 if all ended ok, else 1."""
+    """Redraw until every run has ended: 0 if all ended ok, else 1 (0 when the user quits)."""
     console = console or Console()
     runs = reader.snapshot()
     if not runs:
@@ -230,4 +248,6 @@ def watch(reader: Reader, interval: float = 1.0, log_lines: int = 8, console: Co
             runs = reader.snapshot()
             selected = min(selected, len(runs) - 1)
             live.update(render(runs, selected, log_lines))
+    if quit_:
+        return 0
     return 0 if all(r.state == "ok" for r in runs) else 1
