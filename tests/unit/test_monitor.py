@@ -19,7 +19,7 @@ from hpc_merge.atomic import write_json
 from hpc_merge.monitor import main
 from hpc_merge.monitor.reader import Reader, classify, discover, last_log_lines, slurm_job_id
 from hpc_merge.monitor.slurmq import parse_sacct
-from hpc_merge.monitor.view import fmt_bytes, plain_snapshot, sparkline, split_keys, watch
+from hpc_merge.monitor.view import fmt_bytes, plain_snapshot, render, sparkline, split_keys, watch
 from hpc_merge.status import read_status, update_status
 
 HOST = socket.gethostname()
@@ -233,6 +233,11 @@ def test_live_view_stops_when_every_run_has_ended(tmp_path: Path) -> None:
     rc = watch(Reader([tmp_path]), interval=0.1, console=Console(file=out, width=140, color_system=None))
     assert rc == 1  # not all ok
     assert "dead" in out.getvalue() and "merge/ok/id-ok" in out.getvalue()
+    # on an 80-column terminal the run names stay whole (empty columns give way)
+    narrow = Console(file=io.StringIO(), width=80, color_system=None)
+    narrow.print(render(Reader([tmp_path]).snapshot()))
+    text = narrow.file.getvalue()
+    assert "merge/ok/id-ok" in text and "merge/dead/id-dead" in text and "FITNESS" not in text
 
 
 def test_plain_snapshot_and_keys() -> None:
