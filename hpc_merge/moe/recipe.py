@@ -15,9 +15,10 @@ from typing import Any
 
 from hpc_merge.errors import ConfigError, did_you_mean
 
-#: Gate modes mergekit's ``get_gate_params`` implements. ``hidden`` = last-token hidden states.
-GATE_MODES = ("hidden", "hidden_avg", "hidden_last", "cheap_embed", "random", "uniform_random")
-PROMPT_GATE_MODES = frozenset({"hidden", "hidden_avg", "hidden_last", "cheap_embed"})
+#: mergekit's gate modes (``hidden`` = last-token hidden states) plus our ``hidden_centered``
+#: (mean router input over all prompt tokens, centered across experts: see :mod:`hpc_merge.moe.gates`).
+GATE_MODES = ("hidden", "hidden_avg", "hidden_last", "cheap_embed", "random", "uniform_random", "hidden_centered")
+PROMPT_GATE_MODES = frozenset({"hidden", "hidden_avg", "hidden_last", "cheap_embed", "hidden_centered"})
 OUTPUT_ARCHS = ("auto", "mixtral", "qwen2_moe", "qwen3_moe")
 #: ``always_on``: the shared expert is added with weight 1 for every token (its gate is constant).
 SHARED_GATES = ("prompts", "always_on")

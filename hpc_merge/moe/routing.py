@@ -2,7 +2,7 @@
 
 For one prompt, every (layer, token) pair makes one top-1 router choice; an expert's *share* is
 the fraction of those choices it wins. A prompt is "routed mostly to" the expert with the largest
-share. Prompts run one at a time, so no padding token is ever routed.
+share. Padding positions are left out of the counts.
 """
 
 from __future__ import annotations
@@ -11,19 +11,35 @@ from pathlib import Path
 from typing import Any
 
 
-def routing_shares(model: Any, tokenizer: Any, prompts: list[str]):
-    """``(len(prompts), n_experts)`` tensor of top-1 router shares, one row per prompt."""
+def _batches(prompts: list[str], size: int):
+    for i in range(0, len(prompts), size):
+        yield prompts[i:i + size]
+
+
+def routing_shares(model: Any, tokenizer: Any, prompts: list[str], batch_size: int = 32):
+    """``(len(prompts), n_experts)`` tensor of top-1 router shares, one row per prompt.
+
+    Prompts are batched with right padding; padding positions are masked out of the counts.
+    """
     import torch
 
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
     rows = []
     with torch.no_grad():
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt")
-            out = model(**ids, output_router_logits=True)
-            logits = torch.cat([lg.reshape(-1, lg.shape[-1]) for lg in out.router_logits])
-            top1 = logits.argmax(dim=-1)
-            rows.append(torch.bincount(top1, minlength=logits.shape[-1]).float() / top1.numel())
-    return torch.stack(rows)
+        for batch in _batches(list(prompts), batch_size):
+            enc = tokenizer(batch, return_tensors="pt", padding=True)
+            out = model(**enc, output_router_logits=True)
+            mask = enc["attention_mask"].reshape(-1).bool()
+            n_exp = out.router_logits[0].shape[-1]
+            counts = torch.zeros(len(batch), n_exp)
+            row_of = torch.arange(len(batch)).repeat_interleave(enc["input_ids"].shape[1])[mask]
+            for lg in out.router_logits:
+                top1 = lg.reshape(-1, n_exp)[mask].argmax(dim=-1)
+                counts.index_put_((row_of, top1), torch.ones_like(top1, dtype=counts.dtype), accumulate=True)
+            rows.append(counts / counts.sum(dim=-1, keepdim=True))
+    return torch.cat(rows)
 
 
 def routing_report(model_dir: str | Path, prompts_by_expert: list[list[str]]) -> dict[str, Any]:
