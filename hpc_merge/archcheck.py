@@ -94,4 +94,5 @@ def estimate(paths: list[Path], out_layers_ratio: float, dtype: str | None, out_
     tensor = max(largest_tensor_bytes(p) for p in paths)
     peak = min(out_shard_bytes, out_bytes) + tensor * (len(paths) + 2) + 1e9
     gb = 1e9
-    return {"read_gb": round(sum(sizes) / gb, 3), "write_gb": round(out_bytes / gb, 3), "peak_ram_gb": round(peak / gb, 2)}
+    return {"read_gb": round(sum(sizes) / gb, 3), "write_gb": round(out_bytes / gb, 3), "peak_ram_gb": round(peak / gb, 2),
+            "read_bytes": int(sum(sizes)), "write_bytes": int(out_bytes)}

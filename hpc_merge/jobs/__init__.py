@@ -22,7 +22,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hpc_merge.atomic import write_json
-from hpc_merge.status import update_status
+from hpc_merge.joblog import tee_output
+from hpc_merge.status import heartbeat, update_status
 
 KINDS = ("merge", "moe", "evolve")
 RESULT_FILE = "result.json"
@@ -39,10 +40,20 @@ def job_module(kind: str) -> ModuleType:
 
 
 def run_job(kind: str, cfg: dict[str, Any] | DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Validate, run and record one job in this process; write ``result.json`` whatever happens."""
+    """Validate, run and record one job in this process; write ``result.json`` whatever happens.
+
+    The job's output also goes to ``run_dir/job.log`` (the monitor's log panel) and a heartbeat
+    keeps ``status.json`` fresh while it runs.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with tee_output(run_dir / "job.log"), heartbeat(run_dir):
+        return _run_job(kind, cfg, run_dir)
+
+
+def _run_job(kind: str, cfg: dict[str, Any] | DictConfig, run_dir: Path) -> dict[str, Any]:
     from hpc_merge.tracking import make_tracker
 
-    run_dir = Path(run_dir)
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     mod = job_module(kind)
     t0 = time.time()

@@ -110,7 +110,8 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
     stage_out = {s["name"]: (output if i == len(plan["stages"]) - 1 else run_dir / "stages" / s["name"])
                  for i, s in enumerate(plan["stages"])}
     timings: dict[str, float] = {}
-    read_total = plan["estimate"].get("read_gb", 0.0) * 1e9
+    read_total = plan["estimate"].get("read_bytes", 0)
+    write_total = plan["estimate"].get("write_bytes", 0)
     for st in plan["stages"]:
         paths = {**st["paths"], **{k: str(v) for k, v in stage_out.items() if k != st["name"]}}
         config = mk.to_mergekit(st["recipe"], paths)
@@ -121,7 +122,8 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
             elapsed = max(time.time() - t0, 1e-6)
             frac = p["tasks_done"] / max(p["tasks_total"], 1)
             read = read_total * (p["loads_done"] / max(p["loads_total"], 1))
-            update_status(run_dir, phase=f"merge:{stage}", **p, bytes_read=read,
+            written = write_total * (p["tensors_done"] / max(p["tensors_total"], 1))
+            update_status(run_dir, phase=f"merge:{stage}", **p, bytes_read=read, bytes_written=written,
                           throughput_mb_s=read / elapsed / 1e6, eta_s=elapsed * (1 - frac) / max(frac, 1e-6))
 
         with atomic_dir(stage_out[st["name"]], overwrite=True) as tmp:
