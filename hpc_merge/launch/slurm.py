@@ -23,6 +23,7 @@ from hpc_merge.status import update_status
 __all__ = ["JobRunner", "gather", "job_state", "make_executor", "submit_array", "submit_job", "wait"]
 
 Stream = Callable[[str], Any]
+PREEMPTED_GRACE_S = 60.0
 
 
 def submit_job(cluster: dict[str, Any], run_dir: Path, kind: str, cfg: dict[str, Any]) -> submitit.Job:
@@ -62,7 +63,7 @@ def wait(job: submitit.Job, run_dir: Path, stream: Stream = print, poll_s: float
     """
     run_dir = Path(run_dir)
     follower = LogFollower([job.paths.stdout, job.paths.stderr])
-    last, delay = None, poll_s
+    last, delay, since = None, poll_s, time.monotonic()
     try:
         while True:
             state = job_state(job)
@@ -70,10 +71,10 @@ def wait(job: submitit.Job, run_dir: Path, stream: Stream = print, poll_s: float
                 stream(f"[slurm {job.job_id}] {state}")
                 if state != "UNKNOWN":
                     update_status(run_dir, slurm_state=state)
-                last = state
+                last, since = state, time.monotonic()
             for line in follower.new_lines():
                 stream(f"[slurm {job.job_id}] | {line}")
-            if state in ENDED or _has_result(job):
+            if _ended(state, time.monotonic() - since) or _has_result(job):
                 break
             time.sleep(delay)
             delay = min(delay * 1.5, max_poll_s)
@@ -89,10 +90,21 @@ def wait(job: submitit.Job, run_dir: Path, stream: Stream = print, poll_s: float
     return _outcome(job, final)
 
 
+def _ended(state: str, for_s: float) -> bool:
+    """Whether ``state`` (held for ``for_s`` seconds) is the end of the job.
+
+    A preempted job that is requeued (submitit's Checkpointable, PreemptMode=REQUEUE) shows
+    PREEMPTED only for a moment before PENDING, so that state counts only once it lasts.
+    """
+    if state == "PREEMPTED":
+        return for_s > PREEMPTED_GRACE_S
+    return state in ENDED
+
+
 def _settle(job: submitit.Job, state: str, within_s: float = 20.0) -> str:
     """The final state of a job that wrote its result (RUNNING/COMPLETING until its step exits)."""
     deadline = time.monotonic() + within_s
-    while state not in ENDED and time.monotonic() < deadline:
+    while not _ended(state, 0.0) and time.monotonic() < deadline:
         time.sleep(0.5)
         state = job_state(job)
     return state

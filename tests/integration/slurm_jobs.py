@@ -22,6 +22,12 @@ def boom() -> None:
     raise ValueError("kaboom on the node")
 
 
+def crash() -> None:
+    """Dies without a result (as a segfault or the OOM killer would)."""
+    print("about to crash", flush=True)
+    os._exit(3)
+
+
 def sleep_long(seconds: float = 300) -> None:
     """Runs until cancelled."""
     print("sleeping", flush=True)

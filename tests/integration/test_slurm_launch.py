@@ -45,6 +45,14 @@ def test_job_that_raises_shows_remote_traceback(slurm_profile: dict, tmp_path: P
     assert _status(tmp_path)["slurm_state"] == "FAILED"
 
 
+def test_job_that_dies_without_result_reports_state_and_log(slurm_profile: dict, tmp_path: Path) -> None:
+    job = make_executor(slurm_profile, tmp_path / "slurm", "crash").submit(slurm_jobs.crash)
+    with pytest.raises(JobFailed) as info:
+        wait(job, tmp_path, stream=lambda _: None)
+    msg = str(info.value)
+    assert f"SLURM job {job.job_id} ended FAILED without a result" in msg and "about to crash" in msg
+
+
 def test_cancelled_job_reports_cancelled(slurm_profile: dict, tmp_path: Path) -> None:
     job = make_executor(slurm_profile, tmp_path / "slurm", "sleeper").submit(slurm_jobs.sleep_long)
     seen: list[str] = []
