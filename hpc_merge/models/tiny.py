@@ -19,8 +19,11 @@ _VERSION = 1  # bump when the recipe below changes, so caches rebuild
 
 
 def tiny_config(arch: str = "qwen2", vocab_size: int = 320, layers: int = 4, hidden: int = 64,
-                intermediate: int = 128, heads: int = 4, kv_heads: int = 2):
-    """A transformers config for a tiny model of ``arch`` (one of :data:`ARCHS`)."""
+                intermediate: int = 128, heads: int = 4, kv_heads: int = 2, **extra):
+    """A transformers config for a tiny model of ``arch`` (one of :data:`ARCHS`).
+
+    ``extra`` passes any other config field through (``sliding_window``, ``rope_theta``...).
+    """
     from transformers import AutoConfig
 
     if arch not in ARCHS:
@@ -33,7 +36,7 @@ def tiny_config(arch: str = "qwen2", vocab_size: int = 320, layers: int = 4, hid
     )
     if arch == "qwen3":
         common["head_dim"] = hidden // heads
-    return AutoConfig.for_model(arch, **common)
+    return AutoConfig.for_model(arch, **{**common, **extra})
 
 
 def build_tiny(out_dir: str | Path, arch: str = "qwen2", seed: int = 0, base: str | Path | None = None,
