@@ -69,7 +69,9 @@ def wait(job: submitit.Job, run_dir: Path, stream: Stream = print, poll_s: float
             state = job_state(job)
             if state != last:
                 stream(f"[slurm {job.job_id}] {state}")
-                if state != "UNKNOWN":
+                if state not in ("UNKNOWN", "RUNNING", "COMPLETING"):
+                    # RUNNING is written by the job itself (JobRunner): a write from here, while
+                    # the job updates its progress, would stamp this process's pid over the job's
                     update_status(run_dir, slurm_state=state)
                 last, since = state, time.monotonic()
             for line in follower.new_lines():
