@@ -1,0 +1,42 @@
+"""The command lines the benchmarks compare, built in one place so every table runs the same.
+
+- ``hpc_merge``: the product's CLI on a mergekit YAML (``mergekit_yaml=``), W&B off and the
+  inference smoke test off, so it does the same work as ``mergekit-yaml`` plus its own checks;
+- ``mergekit-yaml``: mergekit's CLI with its defaults (what a user would otherwise run);
+- ``floor``: ``bench/floor.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.proc import PY, ROOT, Cmd
+
+MERGEKIT_YAML = str(ROOT / ".venv" / "bin" / "mergekit-yaml")
+
+
+def hpc_merge(recipe: Path, out: Path, logs: Path, *overrides: str, probe: bool = False) -> Cmd:
+    """``python -m hpc_merge mergekit_yaml=RECIPE output=OUT logger=none job.smoke.enabled=false``."""
+    args = ["-m", "hpc_merge", f"mergekit_yaml={recipe}", f"output={out}", "logger=none",
+            "job.smoke.enabled=false", "force=true", *overrides]
+    return Cmd(args if probe else [PY, *args], env={"HPC_MERGE_LOGS": str(logs)}, cleanup=[out], probe=probe)
+
+
+def mergekit_yaml(recipe: Path, out: Path, *flags: str, probe: bool = False) -> Cmd:
+    """``mergekit-yaml RECIPE OUT`` (its console script, or its entry point under the probe)."""
+    argv = ["-e", "mergekit.scripts.run_yaml:main"] if probe else [MERGEKIT_YAML]
+    return Cmd([*argv, str(recipe), str(out), *flags], cleanup=[out], probe=probe)
+
+
+def floor(recipe: Path, out: Path, probe: bool = False) -> Cmd:
+    """``python bench/floor.py RECIPE OUT``."""
+    script = str(ROOT / "bench" / "floor.py")
+    return Cmd([script, str(recipe), str(out)] if probe else [PY, script, str(recipe), str(out)],
+               cleanup=[out], probe=probe)
+
+
+def hpc_merge_fast_trim(recipe: Path, out: Path, logs: Path) -> Cmd:
+    """The CLI with mergekit's argsort trim replaced by ``bench/fast_trim.py`` (the proposed change)."""
+    cmd = hpc_merge(recipe, out, logs)
+    cmd.argv = [PY, str(ROOT / "bench" / "fast_trim.py"), *cmd.argv[1:]]
+    return cmd

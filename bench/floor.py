@@ -1,0 +1,117 @@
+"""The floor: the least work a merge can do. ``python bench/floor.py RECIPE.yaml OUT_DIR``.
+
+Opens every input once with ``safe_open``, reads each tensor once, combines it with plain torch
+and writes the result with one ``save_file``; it copies config and tokenizer from the first
+model (base first). Only torch, safetensors and PyYAML are imported. It understands the subset
+of mergekit configs the benchmarks write (``models`` with scalar ``weight``/``density``):
+
+- ``linear``: float32 accumulation in input order, divided by the weight sum — mergekit's own
+  arithmetic, so the output is bit-identical (checked by ``tests/unit/test_bench_floor.py``);
+- ``ties``: the same steps as mergekit (task vectors, magnitude trim to ``density``, weighted sign
+  election, disjoint mean) in bf16, but the trim threshold comes from a histogram of the bf16
+  magnitudes (one O(n) pass) instead of a full ``argsort``; entries equal to the threshold are all
+  kept, so a few more elements than ``density`` may survive. Not bit-identical; the bench
+  reports how close.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+        "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja")
+
+
+def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor | None:
+    """Mask of the ``density`` largest magnitudes (``None`` = keep all)."""
+    if density >= 1:
+        return None
+    n = delta.numel()
+    k = max(1, int(density * n))
+    mag = delta.abs().reshape(-1)
+    if delta.dtype == torch.bfloat16:  # 2^15 magnitudes: count them, read the threshold off
+        bits = mag.view(torch.int16).to(torch.int32)
+        at_least = torch.bincount(bits, minlength=1 << 15).flip(0).cumsum(0)
+        threshold = (1 << 15) - 1 - int(torch.searchsorted(at_least, k))
+        return (bits >= threshold).view(delta.shape)
+    threshold = torch.kthvalue(mag.float(), n - k + 1).values
+    return (mag.float() >= threshold).view(delta.shape)
+
+
+def linear(tensors: list[torch.Tensor], weights: list[float], normalize: bool = True) -> torch.Tensor:
+    """Weighted average in float32, in input order (mergekit's linear)."""
+    acc = torch.zeros_like(tensors[0], dtype=torch.float32)
+    for t, w in zip(tensors, weights, strict=True):
+        acc.addcmul_(t, torch.tensor(w, dtype=torch.float32))
+    if normalize:
+        acc.div_(torch.tensor(sum(weights), dtype=torch.float32))
+    return acc.to(tensors[0].dtype)
+
+
+def ties(base: torch.Tensor, others: list[torch.Tensor], weights: list[float], densities: list[float],
+         normalize: bool = True) -> torch.Tensor:
+    """TIES: trimmed task vectors, majority sign by weighted sum, mean of the agreeing ones."""
+    deltas = base.new_empty((len(others), *base.shape))
+    for i, (t, d) in enumerate(zip(others, densities, strict=True)):
+        delta = t - base
+        mask = magnitude_mask(delta, d) if base.dim() else None
+        deltas[i] = delta if mask is None else delta * mask
+    w = torch.tensor(weights, dtype=base.dtype).view(-1, *([1] * base.dim()))
+    deltas.mul_(w)
+    majority = (deltas.sum(dim=0) >= 0).to(base.dtype) * 2 - 1
+    agree = deltas.sign() == majority
+    mixed = (deltas * agree).sum(dim=0)
+    divisor = (w * agree).sum(dim=0)
+    divisor[divisor == 0] = 1
+    if normalize:
+        mixed /= divisor
+    return (base + mixed).to(base.dtype)
+
+
+def merge(recipe: dict, out_dir: Path) -> None:
+    """Merge ``recipe`` (a mergekit config dict, see the module docstring) into ``out_dir``."""
+    method = recipe["merge_method"]
+    dtype = getattr(torch, recipe.get("dtype") or "bfloat16")
+    entries = recipe["models"]
+    params = recipe.get("parameters") or {}
+    normalize = bool(params.get("normalize", True))
+    paths = [Path(e["model"]) for e in entries]
+    if method == "ties":
+        paths = [Path(recipe["base_model"]), *paths]
+    elif method != "linear":
+        raise SystemExit(f"floor: unsupported method {method}")
+    handles = [safe_open(str(p / "model.safetensors"), framework="pt") for p in paths]
+    weights = [float(e["parameters"]["weight"]) for e in entries]
+    out: dict[str, torch.Tensor] = {}
+    for name in handles[0].keys():
+        tensors = [h.get_tensor(name).to(dtype) for h in handles]
+        if method == "linear":
+            out[name] = linear(tensors, weights, normalize)
+        else:
+            densities = [float(e["parameters"].get("density", 1.0)) for e in entries]
+            out[name] = ties(tensors[0], tensors[1:], weights, densities, normalize)
+        del tensors
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    for f in COPY:
+        if (paths[0] / f).exists():
+            shutil.copy2(paths[0] / f, out_dir / f)
+
+
+def main(argv: list[str]) -> None:
+    """``floor.py RECIPE.yaml OUT_DIR``."""
+    if len(argv) != 2:
+        raise SystemExit(__doc__.splitlines()[0])
+    merge(yaml.safe_load(Path(argv[0]).read_text()), Path(argv[1]))
+
+
+if __name__ == "__main__":
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    main(sys.argv[1:])

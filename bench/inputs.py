@@ -1,0 +1,175 @@
+"""Benchmark inputs: Qwen2.5-0.5B-shaped random models in bf16 safetensors, built once, cached.
+
+Weights are drawn tensor by tensor with a seeded generator and written with ``save_file``
+directly (no model object, no float32 copy), which builds a 0.5B model in seconds. A
+"fine-tune" is the base plus a small seeded perturbation, so task vectors are dense and TIES
+has real signs and magnitudes to elect. The config comes from ``hpc_merge.models.tiny`` and the
+tokenizer from ``hpc_merge.models.tokenizer``, so every model loads in transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+_VERSION = 2  # bump when the weights recipe changes so caches rebuild
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A Qwen2-architecture shape (tied embeddings, like the 0.5B model)."""
+
+    label: str
+    vocab: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+
+    def params(self) -> int:
+        """Parameter count (tied embeddings counted once; q/k/v biases as in Qwen2)."""
+        h, kvd = self.hidden, self.hidden // self.heads * self.kv_heads
+        layer = h * h + h + 2 * (h * kvd + kvd) + h * h + 3 * h * self.intermediate + 2 * h
+        return self.vocab * h + self.layers * layer + h
+
+    def gbytes(self) -> float:
+        """Size of one bf16 checkpoint in GB (1e9 bytes)."""
+        return self.params() * 2 / 1e9
+
+
+#: The real Qwen2.5-0.5B shape: 494M parameters, 0.99 GB in bf16.
+QWEN05 = Shape("0.5B", 151936, 896, 4864, 24, 14, 2)
+QWEN025 = Shape("0.22B", 151936, 640, 3456, 16, 10, 2)
+QWEN012 = Shape("0.11B", 151936, 448, 2432, 12, 7, 1)
+#: --quick shapes: same architecture, small enough that all benchmarks run in minutes.
+QUICK_L = Shape("54M", 16384, 512, 2048, 12, 8, 2)
+QUICK_M = Shape("24M", 16384, 384, 1536, 8, 6, 2)
+QUICK_S = Shape("8M", 16384, 256, 1024, 4, 4, 2)
+
+#: Names of the models built per shape: a base and fine-tunes (seeded perturbations of it).
+NAMES = ("base", "ft1", "ft2", "ft3", "ft4")
+
+
+def _key(shape: Shape) -> str:
+    return hashlib.sha256(json.dumps([_VERSION, asdict(shape)]).encode()).hexdigest()[:10]
+
+
+def model_dir(shape: Shape, name: str) -> Path:
+    """Where model ``name`` of ``shape`` lives in the cache."""
+    return CACHE / "models" / f"{shape.label}-{_key(shape)}" / name
+
+
+def _tensor_specs(shape: Shape) -> list[tuple[str, tuple[int, ...]]]:
+    """Checkpoint names and shapes, taken from transformers' own model on the meta device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(_config(shape))
+    return [(name, tuple(p.shape)) for name, p in model.named_parameters()]  # tied lm_head listed once
+
+
+def _config(shape: Shape):
+    from hpc_merge.models.tiny import tiny_config
+
+    cfg = tiny_config("qwen2", vocab_size=shape.vocab, layers=shape.layers, hidden=shape.hidden,
+                      intermediate=shape.intermediate, heads=shape.heads, kv_heads=shape.kv_heads)
+    cfg.architectures = ["Qwen2ForCausalLM"]  # mergekit picks its architecture table by this
+    cfg.tie_word_embeddings = True
+    cfg.max_position_embeddings = 32768
+    cfg.dtype = "bfloat16"
+    return cfg
+
+
+def _tokenizer_files() -> Path:
+    """One tokenizer (byte-level BPE from the product) shared by every benchmark model."""
+    out = CACHE / "tokenizer"
+    if not (out / "tokenizer.json").exists():
+        from hpc_merge.models.tokenizer import build_tokenizer
+
+        tmp = out.with_name(f"tokenizer.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build_tokenizer(tmp, vocab_size=320)
+        os.replace(tmp, out)
+    return out
+
+
+def _write_model(shape: Shape, name: str, out: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    seed = NAMES.index(name)
+    gen = torch.Generator().manual_seed(1000 + seed)
+    base = None
+    if name != "base":
+        from safetensors import safe_open
+
+        base = safe_open(str(ensure_model(shape, "base") / "model.safetensors"), framework="pt")
+    tensors = {}
+    for tname, tshape in _tensor_specs(shape):
+        if tname.endswith("norm.weight"):
+            t = torch.ones(tshape, dtype=torch.bfloat16)
+            if base is not None:
+                t = t + 0.01 * torch.randn(tshape, generator=gen, dtype=torch.bfloat16)
+        elif base is None:
+            t = 0.02 * torch.randn(tshape, generator=gen, dtype=torch.bfloat16)
+        else:  # a fine-tune: base + dense, seeded task vector
+            t = base.get_tensor(tname) + 0.002 * torch.randn(tshape, generator=gen, dtype=torch.bfloat16)
+        tensors[tname] = t.contiguous()
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    _config(shape).save_pretrained(str(tmp))
+    for f in _tokenizer_files().iterdir():
+        shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def ensure_model(shape: Shape, name: str) -> Path:
+    """Path of model ``name`` (``base``, ``ft1``..``ft4``) of ``shape``, built on first use."""
+    out = model_dir(shape, name)
+    if not (out / "model.safetensors").exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write_model(shape, name, out)
+    return out
+
+
+def ensure_models(shape: Shape, n: int) -> list[Path]:
+    """The base and ``n - 1`` fine-tunes of ``shape``."""
+    return [ensure_model(shape, name) for name in NAMES[:n]]
+
+
+def recipe(method: str, models: list[Path], dtype: str = "bfloat16") -> dict:
+    """A mergekit config over ``models`` (the first is the base for TIES).
+
+    Scalar parameters only, so the floor script can apply the same arithmetic without
+    mergekit's gradient/filter machinery. Fine-tunes share the weight equally.
+    """
+    w = round(1.0 / max(1, len(models) - (method == "ties")), 6)
+    if method == "linear":
+        return {"merge_method": "linear", "dtype": dtype,
+                "models": [{"model": str(m), "parameters": {"weight": w}} for m in models]}
+    if method == "ties":
+        densities = [0.6, 0.5, 0.7, 0.4]
+        return {"merge_method": "ties", "base_model": str(models[0]), "dtype": dtype,
+                "parameters": {"normalize": True},
+                "models": [{"model": str(m), "parameters": {"weight": w, "density": densities[i % 4]}}
+                           for i, m in enumerate(models[1:])]}
+    raise ValueError(method)
+
+
+def write_recipe(cfg: dict, path: Path) -> Path:
+    """Write a mergekit YAML (the same file is given to mergekit-yaml, our CLI and the floor)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
