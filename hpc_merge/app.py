@@ -49,6 +49,10 @@ def prepare(cfg: DictConfig) -> tuple[str, dict[str, Any], Path]:
         load_mergekit_yaml(cfg)
     with open_dict(cfg):
         cfg.logs_dir = str(Path(str(cfg.logs_dir)).expanduser().resolve())
+    if cfg.get("cluster") is not None:
+        from hpc_merge.launch.executor import check_cluster
+
+        check_cluster(OmegaConf.to_container(cfg.cluster, resolve=True))
     kind = str(cfg.job.kind)
     plan = job_module(kind).validate(cfg)
     return kind, plan, run_dir_for(cfg)
