@@ -108,7 +108,7 @@ def _standin_rate(in_memory: bool, recipes: list[dict[str, Any]]) -> tuple[float
 
 
 def _rates(ctx: Context) -> Table:
-    n = 6 if ctx.quick else 16
+    n = 4 if ctx.quick else 12
     recipes = candidates(n)
     real = importlib.util.find_spec("hpc_merge.evaluate") is not None
     measure = _product_rate if real else _standin_rate

@@ -53,6 +53,7 @@ QWEN012 = Shape("0.11B", 151936, 448, 2432, 12, 7, 1)
 QUICK_L = Shape("54M", 16384, 512, 2048, 12, 8, 2)
 QUICK_M = Shape("24M", 16384, 384, 1536, 8, 6, 2)
 QUICK_S = Shape("8M", 16384, 256, 1024, 4, 4, 2)
+QUICK_XS = Shape("3M", 8192, 128, 512, 4, 2, 1)
 
 #: Names of the models built per shape: a base and fine-tunes (seeded perturbations of it).
 NAMES = ("base", "ft1", "ft2", "ft3", "ft4")

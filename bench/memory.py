@@ -19,12 +19,12 @@ NAME = "memory"
 
 def run(ctx: Context) -> list[Table]:
     """One run per setting (peak RSS barely varies run to run)."""
-    shape = inputs.QUICK_L if ctx.quick else inputs.QWEN05
+    shape = inputs.QUICK_M if ctx.quick else inputs.QWEN05
     models = inputs.ensure_models(shape, 3)
     work = ctx.scratch(NAME)
     logs = work / "logs"
     shard_mb = max((m / "model.safetensors").stat().st_size for m in models) / 2**20
-    sizes = ["1B", "20M", "5M"] if ctx.quick else ["1B", "200M", "50M"]
+    sizes = ["1B", "10M", "2M"] if ctx.quick else ["1B", "200M", "50M"]
     warm_cache(models)
 
     rows: list[tuple[str, str, float, float]] = []

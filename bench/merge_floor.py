@@ -37,7 +37,7 @@ def compare_outputs(a: Path, b: Path) -> tuple[int, int]:
 
 def run(ctx: Context) -> list[Table]:
     """Time the three commands on the same recipe, interleaved, ``ctx.reps`` times."""
-    shape = inputs.QUICK_L if ctx.quick else inputs.QWEN05
+    shape = inputs.QUICK_M if ctx.quick else inputs.QWEN05
     models = inputs.ensure_models(shape, 3)
     work = ctx.scratch(NAME)
     recipe = inputs.write_recipe(inputs.recipe("ties", models), work / "ties.yaml")

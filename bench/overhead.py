@@ -18,7 +18,7 @@ NAME = "overhead"
 
 def run(ctx: Context) -> list[Table]:
     """Import costs, then first read and total for floor / hpc_merge / mergekit-yaml."""
-    shape = inputs.QUICK_L if ctx.quick else inputs.QWEN05
+    shape = inputs.QUICK_M if ctx.quick else inputs.QWEN05
     models = inputs.ensure_models(shape, 3)
     work = ctx.scratch(NAME)
     recipe = inputs.write_recipe(inputs.recipe("linear", models), work / "linear.yaml")

@@ -1,8 +1,11 @@
 """Run one command as a child process and measure it: wall time, its own peak RSS, first read.
 
 ``resource.getrusage(RUSAGE_CHILDREN)`` is a running maximum over every child ever waited for,
-so it cannot tell two runs apart; ``os.wait4`` returns the rusage of exactly the child it reaps
-(on Linux including that child's own waited-for descendants), which is what a per-run peak needs.
+so it cannot tell two runs apart. ``os.wait4`` on our own child is not enough either: Linux
+carries the RSS high-water mark across fork + exec, so a child of this (torch-loaded) process
+reports at least this process's RSS — ``python -c pass`` showed 620 MB. The command therefore
+runs under ``/usr/bin/time -f %M``, a small process whose own child starts clean, and its
+figure (the peak of the command and its waited-for descendants) is read from a file.
 Commands are interleaved across repetitions (A B C A B C ...) so drift in the machine's load
 hits every command alike.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 PROBE = str(ROOT / "bench" / "probe.py")
+TIME = "/usr/bin/time"
 
 
 @dataclass
@@ -62,17 +66,20 @@ def run_once(cmd: Cmd, cwd: Path = ROOT) -> Sample:
         os.close(fd)
         env["BENCH_PROBE_OUT"] = marks
         argv = [PY, PROBE, *argv]
+    fd, rss_file = tempfile.mkstemp(prefix="bench-rss-")
+    os.close(fd)
     with tempfile.TemporaryFile() as log:
         t0 = time.time()
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        rc = subprocess.call([TIME, "-f", "%M", "-o", rss_file, *argv], cwd=cwd, env=env, stdout=log,
+                             stderr=subprocess.STDOUT)
         wall = time.time() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
+        if rc != 0:
             log.seek(0)
             tail = log.read().decode(errors="replace")[-3000:]
-            raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(argv)}\n{tail}")
-    sample = Sample(wall_s=wall, peak_rss_mb=usage.ru_maxrss / 1024)
+            raise RuntimeError(f"command failed ({rc}): {' '.join(argv)}\n{tail}")
+    peak_kb = int(Path(rss_file).read_text().split()[-1])
+    os.unlink(rss_file)
+    sample = Sample(wall_s=wall, peak_rss_mb=peak_kb / 1024)
     if marks:
         stamps = dict(line.split() for line in Path(marks).read_text().splitlines() if line.strip())
         os.unlink(marks)

@@ -38,7 +38,7 @@ def _time(ctx: Context, method: str, models: list, tag: str) -> float:
 def run(ctx: Context) -> list[Table]:
     """Sizes × {linear, ties} with 3 inputs; then ties with 2, 3, 5 inputs at the middle size."""
     ctx.scratch(NAME)
-    shapes = [inputs.QUICK_S, inputs.QUICK_M, inputs.QUICK_L] if ctx.quick else \
+    shapes = [inputs.QUICK_XS, inputs.QUICK_S, inputs.QUICK_M] if ctx.quick else \
         [inputs.QWEN012, inputs.QWEN025, inputs.QWEN05]
     t1 = Table("Scaling with model size (3 inputs, hpc_merge CLI, one run each)",
                ["model", "params", "GB read", "linear s", "ties s", "ties s per GB read"])
