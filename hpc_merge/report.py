@@ -1,0 +1,147 @@
+"""The merge report: what a merge kept and lost, per task, against its base and its sources.
+
+Evaluates every model on every task, then writes ``report.json`` (the rows, plus per task how much
+of the best source's accuracy the merged model kept), ``report.md`` (a table) and ``report.png``
+(grouped bars per task) into the run dir, and logs the table and the image to the tracker.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from hpc_merge.atomic import write_json, write_text
+
+ROLES = ("base", "source", "merged")
+
+
+def _fmt(x: float, pct: bool) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
+
+
+def _pivot(rows: list[dict]) -> tuple[list[tuple[str, str]], list[str], dict[tuple[str, str], dict]]:
+    models: list[tuple[str, str]] = []
+    tasks: list[str] = []
+    cells = {}
+    for r in rows:
+        if (r["model"], r["role"]) not in models:
+            models.append((r["model"], r["role"]))
+        if r["task"] not in tasks:
+            tasks.append(r["task"])
+        cells[(r["model"], r["task"])] = r
+    return models, tasks, cells
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table: one line per model, per task ``accuracy (mean answer log-likelihood)``."""
+    models, tasks, cells = _pivot(rows)
+    head = ["model", "role", *tasks]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, role in models:
+        vals = []
+        for t in tasks:
+            c = cells.get((model, t))
+            vals.append(f"{_fmt(c['accuracy'], True)} ({_fmt(c['loglik'], False)})" if c else "")
+        lines.append("| " + " | ".join([model, role, *vals]) + " |")
+    return "\n".join(lines)
+
+
+def retention(rows: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per task: the best source, its accuracy, the merged model's and the share kept (merged/best).
+
+    On the zoo the best source on a skill is that skill's expert, so this is the quality bar.
+    """
+    out = {}
+    for task in dict.fromkeys(r["task"] for r in rows):
+        sources = [r for r in rows if r["task"] == task and r["role"] == "source"]
+        merged = [r for r in rows if r["task"] == task and r["role"] == "merged"]
+        if not sources or not merged:
+            continue
+        best = max(sources, key=lambda r: r["accuracy"])
+        m = merged[0]["accuracy"]
+        ratio = m / best["accuracy"] if best["accuracy"] > 0 else math.nan
+        out[task] = {"best_source": best["model"], "source_accuracy": best["accuracy"],
+                     "merged_accuracy": m, "kept": ratio}
+    return out
+
+
+def plot_report(rows: list[dict], path: Path) -> Path:
+    """Grouped bars per task (base, sources, merged), accuracy on the y axis, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models, tasks, cells = _pivot(rows)
+    colours = {"base": "#9e9e9e", "merged": "#d62728"}
+    source_cmap = plt.get_cmap("tab10")
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(tasks) + 2), 4.0), dpi=100)
+    n_source = 0
+    for i, (model, role) in enumerate(models):
+        if role == "source":
+            colour = source_cmap(n_source % 10)
+            n_source += 1
+        else:
+            colour = colours.get(role, "#333333")
+        xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(tasks))]
+        ys = [cells[(model, t)]["accuracy"] if (model, t) in cells else 0.0 for t in tasks]
+        ax.bar(xs, ys, width=width, label=f"{model} ({role})", color=colour,
+               edgecolor="black" if role == "merged" else None)
+    ax.set_xticks(range(len(tasks)))
+    ax.set_xticklabels(tasks)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_title("merge report: base, sources and merged model per task")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def merge_report(run_dir: str | Path, models: list[tuple[str, str, Any]], tasks: list, tracker: Any = None,
+                 split: str = "test", limit: int | None = None, batch_size: int = 32, size: str = "full",
+                 tokenizer: Any = None) -> list[dict]:
+    """Evaluate each ``(name, role, path or in-memory model)`` on every task and write the report.
+
+    ``role`` is ``base``, ``source`` or ``merged``; ``tasks`` are :class:`~hpc_merge.evaluate.Task`
+    objects or specs (``size`` picks the zoo's split sizes for ``zoo`` specs). ``tokenizer`` is only
+    needed for in-memory models. Returns the rows written to ``report.json``.
+    """
+    from hpc_merge.evaluate import evaluate_model, load_tasks
+
+    run_dir = Path(run_dir)
+    if tasks and isinstance(tasks[0], str):
+        tasks = load_tasks(list(tasks), size=size)
+    rows: list[dict] = []
+    for name, role, model in models:
+        if role not in ROLES:
+            raise ValueError(f"model {name!r}: role must be one of {ROLES}, not {role!r}")
+        scores = evaluate_model(model, tasks, tokenizer=tokenizer if not isinstance(model, str | Path) else None,
+                                split=split, limit=limit, batch_size=batch_size)
+        for task, s in scores.items():
+            rows.append({"model": name, "role": role, "task": task, "accuracy": s["accuracy"],
+                         "loglik": s["loglik"], "n": s["n"]})
+    kept = retention(rows)
+    write_json(run_dir / "report.json", {"split": split, "rows": rows, "retention": kept})
+    table = format_table(rows)
+    kept_lines = [f"- {t}: merged {_fmt(k['merged_accuracy'], True)} vs best source {k['best_source']} "
+                  f"{_fmt(k['source_accuracy'], True)} (kept {_fmt(k['kept'], True)})" for t, k in kept.items()]
+    write_text(run_dir / "report.md", "# Merge report\n\nSplit: `" + split + "`; cells: exact-match accuracy "
+               "(mean log-likelihood per answer token).\n\n" + table + "\n"
+               + ("\n## Kept from the best source\n\n" + "\n".join(kept_lines) + "\n" if kept_lines else ""))
+    png = plot_report(rows, run_dir / "report.png")
+    if tracker is not None:
+        columns = ["model", "role", "task", "accuracy", "loglik", "n"]
+        tracker.table("merge_report", columns, [[r[c] for c in columns] for r in rows])
+        tracker.image("merge_report_plot", png)
+        tracker.summary({f"merged/{t}/accuracy": r["accuracy"] for t, r in
+                         ((r["task"], r) for r in rows if r["role"] == "merged")})
+    return rows

@@ -1,0 +1,72 @@
+"""What a zoo is made of: one frozen recipe per size, hashed into its cache key."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+#: expert name -> the skill it is fine-tuned on (here the same word: one expert per skill).
+EXPERT_TASKS: dict[str, str] = {
+    "addition": "addition",
+    "reversal": "reversal",
+    "sorting": "sorting",
+    "shift": "shift",
+}
+
+#: Pool names every ``conf/models`` file has -> the zoo expert standing in for them:
+#: math = addition (arithmetic), instruct = reversal (follow a string instruction),
+#: coder = sorting (the classic coding exercise), science = shift (apply a fixed rule).
+ALIASES: dict[str, str] = {"math": "addition", "instruct": "reversal", "coder": "sorting", "science": "shift"}
+
+_VERSION = 1  # bump when the code that builds a zoo changes, so old caches are not reused
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """Every knob that changes a zoo's bytes (all of it goes into the cache key)."""
+
+    seed: int = 0
+    task_params: dict = field(default_factory=lambda: {
+        "addition": {"max_operand": 299},
+        "reversal": {"min_len": 3, "max_len": 6},
+        "sorting": {"min_len": 3, "max_len": 6},
+        "shift": {"min_len": 3, "max_len": 6},
+    })
+    split_sizes: dict = field(default_factory=lambda: {"train": 2000, "validation": 100, "test": 200})
+    vocab_size: int = 384
+    layers: int = 4
+    hidden: int = 64
+    intermediate: int = 256
+    heads: int = 4
+    kv_heads: int = 2
+    batch_size: int = 64
+    base_steps: int = 600
+    base_lr: float = 3e-3
+    expert_steps: int = 150
+    expert_lr: float = 3e-4
+    threads: int = 2  # CPU float results depend on the thread count: fixed, so builds are repeatable
+
+    def key(self, arch: str) -> str:
+        """Short hash of the recipe, the architecture and the builder version."""
+        blob = json.dumps([_VERSION, arch, dataclasses.asdict(self)], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def tasks_key(self) -> str:
+        """Hash of what the task files depend on (not the models): shared by every architecture."""
+        blob = json.dumps([_VERSION, self.seed, self.task_params, self.split_sizes], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+SIZES: dict[str, ZooSpec] = {
+    "full": ZooSpec(),
+    "test": ZooSpec(split_sizes={"train": 1000, "validation": 50, "test": 60}, base_steps=200, expert_steps=60),
+}
+
+
+def get_spec(size: str) -> ZooSpec:
+    """The recipe of zoo ``size`` (``full`` or ``test``)."""
+    if size not in SIZES:
+        raise KeyError(f"unknown zoo size {size!r}; known: {', '.join(SIZES)}")
+    return SIZES[size]
