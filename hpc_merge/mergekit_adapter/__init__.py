@@ -1,0 +1,34 @@
+"""The one thin layer between hpc_merge and mergekit (0.1.5 line).
+
+Everything mergekit-specific lives here: the recipe schema check (mergekit silently ignores
+unknown keys and reports most errors late, in mixed exception types), translation of our recipe
+into a ``MergeConfiguration``, ``MergeOptions``, in-process execution with progress, and the
+workarounds for known mergekit bugs (see ``../shared/notes/mergekit-facts.md``):
+
+- arbitrary tokenizer/config donor without a base model  -> deterministic donor (base, else first);
+- passthrough changing the layer count leaves ``layer_types`` stale -> rebuilt;
+- process-wide loader cache reads rewritten inputs stale  -> cleared before every merge;
+- weights written 0600                                     -> fixed by ``atomic_dir``.
+"""
+
+from hpc_merge.mergekit_adapter.execute import (
+    copy_tokenizer_files,
+    donor_has_tokenizer,
+    merge_options,
+    run_mergekit,
+)
+from hpc_merge.mergekit_adapter.recipe import (
+    DTYPES,
+    MODEL_KEYS,
+    OWN_KEYS,
+    RECIPE_KEYS,
+    SLICE_KEYS,
+    SOURCE_KEYS,
+    check_recipe,
+    method_specs,
+)
+from hpc_merge.mergekit_adapter.translate import model_refs, to_mergekit, validate_with_mergekit
+
+__all__ = ["check_recipe", "to_mergekit", "run_mergekit", "merge_options", "method_specs", "model_refs",
+           "donor_has_tokenizer", "copy_tokenizer_files", "validate_with_mergekit", "DTYPES", "MODEL_KEYS",
+           "OWN_KEYS", "RECIPE_KEYS", "SLICE_KEYS", "SOURCE_KEYS"]

@@ -1,0 +1,130 @@
+"""Running a merge in-process: options, progress from mergekit's executor, bug workarounds."""
+
+from __future__ import annotations
+
+import os
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hpc_merge.errors import ConfigError
+from hpc_merge.mergekit_adapter.translate import validate_with_mergekit
+
+
+def merge_options(options: dict[str, Any]) -> Any:
+    """``job.options`` -> ``MergeOptions`` (device ``auto`` picks cuda when there is a GPU)."""
+    import torch
+    from mergekit.common import parse_kmb
+    from mergekit.options import MergeOptions
+
+    opts = dict(options)
+    if opts.get("out_shard_size") is not None:
+        try:
+            opts["out_shard_size"] = parse_kmb(str(opts["out_shard_size"]))
+        except ValueError:
+            raise ConfigError("job.options.out_shard_size", f"bad size {opts['out_shard_size']!r}",
+                              "use bytes with an optional K/M/B suffix, e.g. 500M") from None
+    device = opts.pop("device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    opts["cuda"] = device == "cuda"
+    opts["device"] = device
+    if opts.get("num_threads") is None:
+        opts.pop("num_threads", None)
+    opts.update(copy_tokenizer=True, write_model_card=False, quiet=True)
+    try:
+        return MergeOptions(**opts)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()
+        raise ConfigError("job.options", f"mergekit rejects the options: {' '.join(msg[:3])}", "fix job.options") from None
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+class _ProgressTqdm:
+    """Stands in for ``tqdm.tqdm`` inside ``mergekit.graph``: counts executed graph tasks.
+
+    mergekit's executor iterates its schedule through tqdm; counting that iteration is progress
+    measured from the execution itself (tasks done, tensors loaded and saved).
+    """
+
+    def __init__(self, callback: ProgressFn):
+        self.callback = callback
+
+    def tqdm(self, iterable: Any = None, **_kw: Any) -> Any:
+        items = list(iterable or [])
+        total = len(items)
+        kinds = [type(th.task()).__name__ for _, th in items] if items and isinstance(items[0], tuple) else []
+        total_saves = sum(k == "SaveTensor" for k in kinds)
+        total_loads = sum(k == "LoadTensor" for k in kinds)
+
+        def gen():
+            saves = loads = 0
+            for n, item in enumerate(items):
+                yield item
+                if kinds:
+                    saves += kinds[n] == "SaveTensor"
+                    loads += kinds[n] == "LoadTensor"
+                if n % 16 == 0 or n + 1 == total:
+                    self.callback({"tasks_done": n + 1, "tasks_total": total, "tensors_done": saves,
+                                   "tensors_total": total_saves, "loads_done": loads, "loads_total": total_loads})
+
+        return gen()
+
+
+def run_mergekit(config: dict[str, Any], out_dir: Path, options: dict[str, Any],
+                 progress: ProgressFn | None = None) -> None:
+    """Run one merge in-process into ``out_dir`` (a fresh folder; the caller makes it atomic)."""
+    import mergekit.graph
+    import mergekit.merge
+    from mergekit.io.tasks import LoaderCache
+
+    merge_config = validate_with_mergekit(config)
+    mk_options = merge_options(options)
+    LoaderCache.loaders.clear()  # inputs may have been rewritten since an earlier merge in this process
+    real_tqdm, real_out_config = mergekit.graph.tqdm, mergekit.merge._model_out_config
+    if progress is not None:
+        mergekit.graph.tqdm = types.SimpleNamespace(tqdm=_ProgressTqdm(progress).tqdm)
+    mergekit.merge._model_out_config = _with_layer_types_fixed(real_out_config)
+    try:
+        mergekit.merge.run_merge(merge_config, str(out_dir), options=mk_options)
+    except SystemExit as exc:  # mergekit calls sys.exit on some bad configs
+        raise RuntimeError(f"mergekit exited ({exc.code}) on this recipe") from None
+    finally:
+        mergekit.graph.tqdm, mergekit.merge._model_out_config = real_tqdm, real_out_config
+        LoaderCache.loaders.clear()
+
+
+def _with_layer_types_fixed(model_out_config: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap mergekit's ``_model_out_config`` so ``layer_types`` matches the new layer count.
+
+    A passthrough that changes depth sets ``num_hidden_layers`` but leaves the donor's
+    ``layer_types``; transformers 5 then refuses to save or load the config (after all shards are
+    written). The new list repeats the donor's pattern.
+    """
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        cfg = model_out_config(*args, **kwargs)
+        types_ = getattr(cfg, "layer_types", None)
+        n = getattr(cfg, "num_hidden_layers", None)
+        if isinstance(types_, list) and types_ and n and len(types_) != n:
+            cfg.layer_types = [types_[i % len(types_)] for i in range(n)]
+        return cfg
+
+    return wrapped
+
+
+def copy_tokenizer_files(donor: Path, out_dir: Path) -> None:
+    """Copy the donor's tokenizer files (used when mergekit's own copy is skipped)."""
+    import shutil
+
+    for name in os.listdir(donor):
+        if name.startswith(("tokenizer", "special_tokens_map", "vocab", "merges", "added_tokens", "chat_template")):
+            shutil.copy2(donor / name, out_dir / name)
+
+
+def donor_has_tokenizer(donor: Path) -> bool:
+    """mergekit needs tokenizer_config.json plus tokenizer.json or tokenizer.model in the donor."""
+    return (donor / "tokenizer_config.json").is_file() and (
+        (donor / "tokenizer.json").is_file() or (donor / "tokenizer.model").is_file())
