@@ -112,7 +112,11 @@ def merge_in_memory(config: dict[str, Any], sources: dict[str, Tensors], options
 
 
 def load_into(model: torch.nn.Module, tensors: Tensors) -> None:
-    """Copy merged tensors into a preloaded model skeleton (casting to its dtype), strictly."""
+    """Put merged tensors into a preloaded model skeleton (cast to its dtype), strictly.
+
+    A merge with ``tokenizer_source`` can change the vocabulary size: such tensors replace the
+    skeleton's parameters (and ``config.vocab_size`` follows), as the saved model's config would.
+    """
     params = model.state_dict()
     missing = sorted(set(params) - set(tensors))
     unexpected = sorted(set(tensors) - set(params))
@@ -120,4 +124,14 @@ def load_into(model: torch.nn.Module, tensors: Tensors) -> None:
         raise RuntimeError(f"merged tensors do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     with torch.no_grad():
         for name, value in tensors.items():
-            params[name].copy_(value)
+            target = params[name]
+            if target.shape == value.shape:
+                target.copy_(value)
+                continue
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, torch.nn.Parameter(value.to(target.dtype), requires_grad=False))
+    embed = model.get_input_embeddings()
+    if embed is not None and getattr(model.config, "vocab_size", None) != embed.weight.shape[0]:
+        model.config.vocab_size = embed.weight.shape[0]
+        if hasattr(embed, "num_embeddings"):
+            embed.num_embeddings = embed.weight.shape[0]

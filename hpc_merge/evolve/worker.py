@@ -51,21 +51,20 @@ class CandidateEvaluator:
 
     def __init__(self, spec: WorkerSpec):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from hpc_merge.evaluate import load_tasks
+        from hpc_merge.evaluate import load_model, load_tasks, load_tokenizer
         from hpc_merge.evolve.inmemory import load_tensors
 
         torch.set_num_threads(max(1, int(spec.threads)))
         self.spec = spec
         self.tasks = load_tasks(list(spec.fitness.tasks), size=spec.fitness.size)
         donor = spec.sources[spec.donor]
-        self.tokenizer = AutoTokenizer.from_pretrained(donor)
+        self.tokenizer = load_tokenizer(donor)
         self.sources: dict[str, dict[str, torch.Tensor]] = {}
         self.model = None
-        if spec.in_memory:
+        if spec.in_memory:  # the skeleton is loaded exactly as evaluate_model loads a folder
             self.sources = {path: load_tensors(path) for path in sorted(set(spec.sources.values()))}
-            self.model = AutoModelForCausalLM.from_pretrained(donor, dtype=torch.float32).eval()
+            self.model = load_model(donor).eval()
 
     def _config(self, recipe: dict[str, Any]) -> dict[str, Any]:
         from hpc_merge.mergekit_adapter import to_mergekit
@@ -96,7 +95,8 @@ class CandidateEvaluator:
             try:
                 run_mergekit(config, tmp, options)
                 t1 = time.time()
-                metrics = evaluate_model(str(tmp), self.tasks, split=split, limit=limit, batch_size=fit.batch_size)
+                metrics = evaluate_model(str(tmp), self.tasks, tokenizer=self.tokenizer, split=split, limit=limit,
+                                         batch_size=fit.batch_size)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         fitness = fit.score(metrics)
