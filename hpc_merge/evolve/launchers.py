@@ -39,9 +39,12 @@ def slurm_evaluator(cluster: dict[str, Any], folder: Path, name: str, spec: Work
     """One submitit job array per call (per generation), through ``hpc_merge.launch.slurm``."""
     from hpc_merge.launch import slurm
 
+    batches: list[str] = []
+
     def evaluate(jobs: list[dict[str, Any]], on_result: Callable[[int, dict[str, Any]], None]) -> list[dict[str, Any]]:
         chunks = _chunks(jobs, per_job)
-        batch_dir = Path(folder) / jobs[0]["key"]
+        batches.append(jobs[0]["key"])  # one folder per array: <n>-<split>-<first key>
+        batch_dir = Path(folder) / f"{len(batches):04d}-{jobs[0].get('split') or 'search'}-{jobs[0]['key']}"
         submitted = slurm.submit_array(cluster, batch_dir, name, functools.partial(evaluate_batch, spec), chunks)
         outcomes: list[dict[str, Any]] = []
         for (ok, value), chunk in zip(slurm.gather(submitted), chunks, strict=True):

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 PRESETS = ("demo", "linear", "balanced", "stem_focused", "high_accuracy", "progressive_density", "experimental_multi")
 
 SMALL = ["models=zoo_test", "evolve.fitness.size=test", "evolve.population=4", "evolve.workers=1",
-         "evolve.budget.max_evaluations=16", "evolve.baseline=null", "logger=none"]
+         "evolve.budget.max_evaluations=16", "evolve.baseline=null", "merge=linear", "logger=none"]
 
 
 def _result(run_dir: Path) -> dict:
@@ -146,6 +146,7 @@ def test_generations_run_as_slurm_arrays(slurm_profile: dict, tmp_path: Path) ->
     result = run_job("evolve", data, tmp_path / "run")
     assert result["status"] == "ok" and result["evaluations"] == 8
     assert result["failed"] == 0
-    arrays = list((tmp_path / "run" / "slurm_evolve").iterdir())
-    assert len(arrays) >= 2 + 1  # one array per generation, plus the final test-split report
-    assert list((tmp_path / "run" / "slurm_evolve").glob("*/*_result.pkl"))
+    arrays = sorted(p.name for p in (tmp_path / "run" / "slurm_evolve").iterdir())
+    assert [a.split("-")[1] for a in arrays] == ["search", "search", "test"]  # one array per generation
+    for name in arrays[:2]:  # 4 candidates, 2 per array task: 2 tasks, each with its result
+        assert len(list((tmp_path / "run" / "slurm_evolve" / name).glob("*_*/*_result.pkl"))) == 2
