@@ -44,16 +44,18 @@ def test_evolve_job_result_exports_and_status(tmp_path: Path) -> None:
     assert len(json.loads((run_dir / "candidates.json").read_text())) == 8
 
 
-def test_failing_candidates_are_scored_worst_and_logged(tmp_path: Path) -> None:
-    # della needs density ± epsilon inside (0, 1): with these bounds part of the box fails in mergekit
-    cfg = _cfg("evolve.method=della", "evolve.baseline=null")
-    cfg["evolve"]["parameters"] = {"weight": [0.2, 1.0], "density": [0.6, 0.98], "epsilon": [0.01, 0.3]}
-    result = run_job("evolve", cfg, tmp_path / "run")
-    cands = json.loads((tmp_path / "run" / "candidates.json").read_text())
-    bad = [c for c in cands if c["status"] == "failed"]
-    assert bad and all("psilon" in c["reason"] for c in bad)
-    assert result["generations"] == 2 and result["best"]["fitness"] is not None
-    assert result["failed"] == len(bad)
+def test_a_failing_candidate_becomes_a_failed_outcome_with_its_reason(tmp_path: Path) -> None:
+    """In the worker: a merge mergekit rejects is reported, not raised (the search scores it worst)."""
+    from hpc_merge.evolve.worker import CandidateEvaluator
+    from hpc_merge.jobs.evolve import validate, worker_spec
+
+    plan = validate(compose([*TINY, "evolve.method=della", "evolve.baseline=null"]))
+    evaluator = CandidateEvaluator(worker_spec(plan, tmp_path))
+    recipe = plan["space"].decode([0.5] * plan["space"].dim)
+    assert evaluator.safe_evaluate({"key": "ok", "recipe": recipe, "seed": 1})["status"] == "ok"
+    recipe["models"][0]["parameters"].update(density=0.95, epsilon=0.1)  # density + epsilon >= 1
+    out = evaluator.safe_evaluate({"key": "bad", "recipe": recipe, "seed": 1})
+    assert out["status"] == "failed" and out["fitness"] is None and "psilon" in out["reason"]
 
 
 def test_config_errors() -> None:
