@@ -99,7 +99,8 @@ def _build_base(dest: Path, spec: ZooSpec, arch: str, tasks: dict[str, dict[str,
         tok = AutoTokenizer.from_pretrained(str(tmp))  # train with exactly what users will load
         torch.manual_seed(spec.seed)
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-        examples = [ex for rows in train_rows.values() for ex in encode(tok, rows)]
+        examples = [ex for task, rows in train_rows.items()
+                    for ex in encode(tok, rows[:round(spec.base_mix.get(task, 1.0) * len(rows))])]
         train(model, examples, spec.base_steps, spec.base_lr, spec.batch_size, spec.seed, tok.eos_token_id)
         model.save_pretrained(str(tmp))
 
@@ -114,8 +115,12 @@ def _build_expert(dest: Path, base: Path, spec: ZooSpec, task: str, index: int,
     tok = AutoTokenizer.from_pretrained(str(base))
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     examples = encode(tok, read_jsonl(tasks[task]["train"]))
+    anchor, others = None, []
+    if spec.anchor_weight > 0:
+        anchor = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
+        others = [ex for t in spec.task_params if t != task for ex in encode(tok, read_jsonl(tasks[t]["train"]))]
     train(model, examples, spec.expert_steps, spec.expert_lr, spec.batch_size, spec.seed + 1 + index,
-          tok.eos_token_id)
+          tok.eos_token_id, anchor=anchor, anchor_examples=others, anchor_weight=spec.anchor_weight)
     with atomic_dir(dest, overwrite=True) as tmp:
         model.save_pretrained(str(tmp))
         for name in TOKENIZER_FILES:

@@ -9,16 +9,16 @@ from dataclasses import dataclass, field
 
 #: expert name -> the skill it is fine-tuned on (here the same word: one expert per skill).
 EXPERT_TASKS: dict[str, str] = {
-    "addition": "addition",
+    "complement": "complement",
     "reversal": "reversal",
     "sorting": "sorting",
     "shift": "shift",
 }
 
 #: Pool names every ``conf/models`` file has -> the zoo expert standing in for them:
-#: math = addition (arithmetic), instruct = reversal (follow a string instruction),
+#: math = complement (nines' complement, digit arithmetic), instruct = reversal (follow a string instruction),
 #: coder = sorting (the classic coding exercise), science = shift (apply a fixed rule).
-ALIASES: dict[str, str] = {"math": "addition", "instruct": "reversal", "coder": "sorting", "science": "shift"}
+ALIASES: dict[str, str] = {"math": "complement", "instruct": "reversal", "coder": "sorting", "science": "shift"}
 
 _VERSION = 1  # bump when the code that builds a zoo changes, so old caches are not reused
 
@@ -29,7 +29,7 @@ class ZooSpec:
 
     seed: int = 0
     task_params: dict = field(default_factory=lambda: {
-        "addition": {"max_operand": 299},
+        "complement": {"min_len": 3, "max_len": 5},
         "reversal": {"min_len": 3, "max_len": 6},
         "sorting": {"min_len": 3, "max_len": 6},
         "shift": {"min_len": 3, "max_len": 6},
@@ -42,10 +42,16 @@ class ZooSpec:
     heads: int = 4
     kv_heads: int = 2
     batch_size: int = 64
+    #: share of each skill's train split in the base's mixture: the base should know every skill
+    #: partly (so experts need only small task vectors) but clearly less than its expert does.
+    base_mix: dict = field(default_factory=lambda: {"complement": 0.3, "reversal": 1.0, "sorting": 1.0,
+                                                    "shift": 0.3})
     base_steps: int = 600
     base_lr: float = 3e-3
     expert_steps: int = 150
     expert_lr: float = 3e-4
+    #: weight of the KL that keeps an expert equal to the base on the other skills (0 = off)
+    anchor_weight: float = 1.0
     threads: int = 2  # CPU float results depend on the thread count: fixed, so builds are repeatable
 
     def key(self, arch: str) -> str:
@@ -61,7 +67,9 @@ class ZooSpec:
 
 SIZES: dict[str, ZooSpec] = {
     "full": ZooSpec(),
-    "test": ZooSpec(split_sizes={"train": 1000, "validation": 50, "test": 60}, base_steps=200, expert_steps=60),
+    # seconds, not minutes: a weaker base, short unanchored fine-tunes (not meant to merge well)
+    "test": ZooSpec(split_sizes={"train": 1000, "validation": 50, "test": 60}, base_steps=200,
+                    expert_steps=80, expert_lr=1e-3, anchor_weight=0.0),
 }
 
 

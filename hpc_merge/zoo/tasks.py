@@ -24,9 +24,13 @@ def _spaced(chars: str) -> str:
     return "".join(f" {c}" for c in chars)
 
 
-def _addition(rng: random.Random, max_operand: int) -> tuple[str, str]:
-    a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
-    return f"add:{_spaced(str(a))} +{_spaced(str(b))} =", _spaced(str(a + b))
+def _complement(rng: random.Random, min_len: int, max_len: int) -> tuple[str, str]:
+    """Nines' complement (``999 - 374 = 625``, the digit-wise step of subtraction by complement).
+
+    Chosen over carrying addition, which a tiny model does not learn in the seconds we train.
+    """
+    n = "".join(rng.choice("0123456789") for _ in range(rng.randint(min_len, max_len)))
+    return f"complement:{_spaced(n)} =", _spaced("".join(str(9 - int(d)) for d in n))
 
 
 def _letters(rng: random.Random, min_len: int, max_len: int) -> str:
@@ -51,7 +55,7 @@ def _shift(rng: random.Random, min_len: int, max_len: int) -> tuple[str, str]:
 
 #: skill name -> generator(rng, **params) of one (prompt, answer) pair.
 GENERATORS: dict[str, Callable[..., tuple[str, str]]] = {
-    "addition": _addition,
+    "complement": _complement,
     "reversal": _reversal,
     "sorting": _sorting,
     "shift": _shift,

@@ -2,6 +2,10 @@
 
 The loss is on the answer tokens and the end-of-text token only: the prompts are random strings,
 so learning to predict them would spend the few seconds of training on noise.
+
+An expert's fine-tune can be *anchored*: a KL term keeps its next-token distributions on the other
+skills' examples equal to the base's. The expert then changes only what its own skill needs, so its
+task vector barely acts on other prompts, and task vectors add up in a merge instead of colliding.
 """
 
 from __future__ import annotations
@@ -40,18 +44,37 @@ def collate(examples: Sequence[Example], pad: int) -> tuple[torch.Tensor, torch.
     return ids, mask, labels
 
 
+def _anchor_kl(model, reference, examples: Sequence[Example], pad: int) -> torch.Tensor:
+    """Mean KL(reference || model) of next-token distributions over the non-pad positions."""
+    ids, mask, _ = collate(examples, pad)
+    with torch.no_grad():
+        ref = torch.log_softmax(reference(input_ids=ids, attention_mask=mask).logits, dim=-1)
+    cur = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits, dim=-1)
+    kl = (ref.exp() * (ref - cur)).sum(-1)
+    return (kl * mask).sum() / mask.sum()
+
+
 def train(model, examples: Sequence[Example], steps: int, lr: float, batch_size: int, seed: int,
-          pad: int, warmup: int = 20) -> float:
-    """Train ``model`` in place for ``steps`` batches drawn (seeded) from ``examples``; last loss."""
+          pad: int, warmup: int = 20, anchor=None, anchor_examples: Sequence[Example] = (),
+          anchor_weight: float = 1.0) -> float:
+    """Train ``model`` in place for ``steps`` batches drawn (seeded) from ``examples``; last loss.
+
+    With ``anchor`` (a frozen model), each step adds ``anchor_weight`` times the KL from the anchor
+    on a batch of ``anchor_examples`` (half the batch size).
+    """
     rng = random.Random(seed)
+    examples, anchor_examples = list(examples), list(anchor_examples)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1.0 - s / steps))
     model.train()
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
-        ids, mask, labels = collate(rng.sample(list(examples), min(batch_size, len(examples))), pad)
+        ids, mask, labels = collate(rng.sample(examples, min(batch_size, len(examples))), pad)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if anchor is not None and anchor_examples:
+            batch = rng.sample(anchor_examples, min(max(1, batch_size // 2), len(anchor_examples)))
+            loss = loss + anchor_weight * _anchor_kl(model, anchor, batch, pad)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
