@@ -1,7 +1,8 @@
 """Turn a model reference from a config into a local folder, or a one-line ConfigError.
 
 References: ``tiny:<name>`` / ``tiny:<arch>/<name>`` (random tiny models, built here),
-``zoo:<name>`` / ``zoo-test:<name>`` (the skills zoo, trained here), a local path, or a Hugging
+``zoo:<name>`` / ``zoo-test:<name>`` (the skills zoo, trained here; other architectures as
+``zoo:<arch>/<name>`` or ``zoo:<name>@<arch>``), a local path, or a Hugging
 Face id that must already be in the local cache (compute nodes have no internet: run
 ``hpc-merge fetch`` on a login node first). Nothing here ever downloads.
 """
@@ -47,7 +48,9 @@ def resolve_model(ref: str, field: str) -> Path:
 
         size = "test" if ref.startswith("zoo-test:") else "full"
         spec = ref.split(":", 1)[1]
+        spec, _, at_arch = spec.partition("@")  # zoo:math@llama == zoo:llama/math
         arch, _, name = spec.rpartition("/")
+        arch = arch or at_arch
         try:
             return zoo.ensure_model(name, size=size, arch=arch or "qwen2")
         except KeyError:
