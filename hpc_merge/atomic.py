@@ -79,3 +79,18 @@ def cache_dir() -> Path:
     """Where built models live: ``$HPC_MERGE_CACHE``, else ``~/.cache/hpc_merge``."""
     root = os.environ.get("HPC_MERGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hpc_merge")
     return Path(root)
+
+
+@contextlib.contextmanager
+def file_lock(folder: str | Path) -> Iterator[None]:
+    """Exclusive lock on ``folder/.lock`` across processes (e.g. two jobs building one cached model)."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

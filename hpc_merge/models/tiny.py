@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from hpc_merge.atomic import atomic_dir, cache_dir
+from hpc_merge.atomic import atomic_dir, cache_dir, file_lock
 
 ARCHS = ("qwen2", "qwen3", "llama", "mistral", "phi3")
 POOL_NAMES = ("base", "instruct", "math", "coder", "science")
@@ -82,12 +82,12 @@ def ensure_tiny(name: str, arch: str = "qwen2") -> Path:
     if name not in POOL_NAMES:
         raise KeyError(name)
     root = pool_dir(arch)
-    base = root / "base"
-    if not (base / "config.json").exists():
-        build_tiny(base, arch=arch, seed=0)
-    if name == "base":
-        return base
-    out = root / name
-    if not (out / "config.json").exists():
-        build_tiny(out, arch=arch, seed=1 + POOL_NAMES.index(name), base=base)
+    base, out = root / "base", root / name
+    if (out / "config.json").exists():
+        return out
+    with file_lock(root):  # concurrent first uses (array tasks, test workers) build once
+        if not (base / "config.json").exists():
+            build_tiny(base, arch=arch, seed=0)
+        if not (out / "config.json").exists():
+            build_tiny(out, arch=arch, seed=1 + POOL_NAMES.index(name), base=base)
     return out
