@@ -1,7 +1,7 @@
 """Run the benchmarks and write the results as markdown.
 
     python bench/run.py --quick            # every benchmark at small sizes (≤ 10 min here)
-    python bench/run.py                    # the issue's sizes (three 0.5B models; ~30 min here)
+    python bench/run.py                    # the issue's sizes (three 0.5B models; ≥ 50 min on this loaded machine)
     python bench/run.py --only merge,memory --reps 5
 
 Tables go to stdout and to ``bench/results/latest.md`` (full) or ``bench/results/quick.md``
@@ -70,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
     ctx = Context(quick=args.quick, reps=args.reps)
     started, load_before, t0 = time.strftime("%Y-%m-%d %H:%M"), load_average(), time.time()
+    out = args.out or RESULTS / ("quick.md" if args.quick else "latest.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
     sections = []
-    for name in args.only:
+    for i, name in enumerate(args.only):
         ctx.log(f"[{name}] (load {load_average()})")
         t1 = time.time()
         tables = importlib.import_module(f"bench.{MODULES[name]}").run(ctx)
@@ -79,12 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         print(text, flush=True)
         sections.append(text)
         ctx.log(f"[{name}] done in {time.time() - t1:.0f} s")
-    out = args.out or RESULTS / ("quick.md" if args.quick else "latest.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    body = header(args, started, load_before, load_average(), time.time() - t0) + "\n" + "\n".join(sections)
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(body)
-    os.replace(tmp, out)
+        # rewritten after every benchmark, so an interrupted run keeps what it measured
+        pending = [f"- not run (interrupted): {', '.join(args.only[i + 1:])}", ""] if i + 1 < len(args.only) else []
+        body = header(args, started, load_before, load_average(), time.time() - t0) + "\n".join(pending) + \
+            "\n" + "\n".join(sections)
+        tmp = out.with_suffix(".md.tmp")
+        tmp.write_text(body)
+        os.replace(tmp, out)
     ctx.log(f"wrote {out}")
     return 0
 
