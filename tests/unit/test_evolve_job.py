@@ -49,7 +49,9 @@ def test_a_failing_candidate_becomes_a_failed_outcome_with_its_reason(tmp_path: 
     from hpc_merge.evolve.worker import CandidateEvaluator
     from hpc_merge.jobs.evolve import validate, worker_spec
 
-    plan = validate(compose([*TINY, "evolve.method=della", "evolve.baseline=null"]))
+    cfg = compose([*TINY, "evolve.method=della", "evolve.baseline=null"])
+    cfg.evolve.parameters = {"weight": [0.2, 1.0], "density": [0.3, 0.8], "epsilon": [0.01, 0.1]}
+    plan = validate(cfg)
     evaluator = CandidateEvaluator(worker_spec(plan, tmp_path))
     recipe = plan["space"].decode([0.5] * plan["space"].dim)
     assert evaluator.safe_evaluate({"key": "ok", "recipe": recipe, "seed": 1})["status"] == "ok"
