@@ -17,7 +17,10 @@ from hpc_merge.zoo.build import (
 )
 from hpc_merge.zoo.spec import ALIASES, EXPERT_TASKS, SIZES, ZooSpec, get_spec
 
+#: Parameters of each zoo skill (the full zoo's), for callers that draw their own prompts.
+TASK_PARAMS: dict[str, dict] = SIZES["full"].task_params
+
 __all__ = [
-    "ALIASES", "EXPERT_TASKS", "SIZES", "ZooInfo", "ZooSpec", "canonical_name", "ensure_model", "ensure_ref",
+    "ALIASES", "EXPERT_TASKS", "SIZES", "TASK_PARAMS", "ZooInfo", "ZooSpec", "canonical_name", "ensure_model", "ensure_ref",
     "ensure_tasks", "ensure_zoo", "get_spec", "parse_ref", "zoo_root",
 ]

@@ -1,8 +1,10 @@
 """Build the zoo on first use and cache it: ``<cache>/zoo/<arch>-<size>-<hash of recipe>/``.
 
-The base is trained from scratch on the mixture of all skills, then each expert is the base
-fine-tuned briefly (small learning rate, few steps) on its own skill. Brief fine-tunes from one
-shared base keep the task vectors small and far apart, which is what makes the experts mergeable.
+The base is trained from scratch on a mixture of all skills, so it knows each one partly; then
+each expert is the base fine-tuned briefly (small learning rate, few steps) on its own skill, with a
+KL anchor keeping it equal to the base on the other skills. Small, anchored task vectors add up
+instead of colliding, which is what makes the experts mergeable (measured, not assumed: see
+tests/integration/test_zoo_full.py).
 Every model folder is written through :func:`hpc_merge.atomic.atomic_dir` and a file lock keeps
 two processes (say, array tasks on one node) from building the same zoo at once.
 """

@@ -44,12 +44,12 @@ class ZooSpec:
     batch_size: int = 64
     #: share of each skill's train split in the base's mixture: the base should know every skill
     #: partly (so experts need only small task vectors) but clearly less than its expert does.
-    base_mix: dict = field(default_factory=lambda: {"complement": 0.3, "reversal": 1.0, "sorting": 1.0,
+    base_mix: dict = field(default_factory=lambda: {"complement": 0.7, "reversal": 0.45, "sorting": 0.4,
                                                     "shift": 0.3})
     base_steps: int = 600
     base_lr: float = 3e-3
     expert_steps: int = 150
-    expert_lr: float = 3e-4
+    expert_lr: float = 4e-4
     #: weight of the KL that keeps an expert equal to the base on the other skills (0 = off)
     anchor_weight: float = 1.0
     threads: int = 2  # CPU float results depend on the thread count: fixed, so builds are repeatable
@@ -69,6 +69,7 @@ SIZES: dict[str, ZooSpec] = {
     "full": ZooSpec(),
     # seconds, not minutes: a weaker base, short unanchored fine-tunes (not meant to merge well)
     "test": ZooSpec(split_sizes={"train": 1000, "validation": 50, "test": 60}, base_steps=200,
+                    base_mix={"complement": 1.0, "reversal": 1.0, "sorting": 0.5, "shift": 0.6},
                     expert_steps=80, expert_lr=1e-3, anchor_weight=0.0),
 }
 

@@ -80,4 +80,4 @@ def train(model, examples: Sequence[Example], steps: int, lr: float, batch_size:
         opt.step()
         sched.step()
     model.eval()
-    return float(loss)
+    return float(loss.detach())

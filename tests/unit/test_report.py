@@ -62,8 +62,10 @@ def test_report_files_numbers_and_tracking(test_zoo, averaged, tmp_path):
 
     (run,) = find_runs(tmp_path)
     logged = read_run(run)
-    keys = {k for row in logged["history"] for k in row}
-    assert {"merge_report", "merge_report_plot"} <= keys
+    flat = {k: v for row in logged["history"] for k, v in row.items()}
+    assert flat["merge_report/_type"] == "table-file" and flat["merge_report/nrows"] == len(rows)
+    assert flat["merge_report_plot/_type"] == "image-file"
+    assert (flat["merge_report_plot/height"], flat["merge_report_plot/width"]) == image.shape[:2]
     assert logged["summary"]["merged/sorting/accuracy"] == pytest.approx(merged_acc)
 
 
