@@ -115,7 +115,7 @@ def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
              f"# CMA-ES: population {s.population}, sigma0 {s.sigma0}, seed {s.seed}; budget {s.max_evaluations} "
              f"evaluations" + (f", {s.max_generations} generations" if s.max_generations else "")
              + (f", {s.max_time_s} s" if s.max_time_s else ""),
-             f"# fitness: {fit.metric} on {', '.join(fit.tasks)} ({fit.split} split"
+             f"# fitness: {' + '.join(f'{w:g}*{m}' for m, w in fit.metrics)} on {', '.join(fit.tasks)} ({fit.split} split"
              + (f", {fit.limit} examples/task" if fit.limit else "") + f"), test report on {fit.test_split}",
              f"# launcher {plan['launcher']}, workers {plan['workers']}, in_memory {plan['in_memory']}",
              "# centre of the space as a mergekit config:",
@@ -174,7 +174,8 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
         tests = evaluate(finals, lambda i, out: None)
     best_out = {"fitness": best["fitness"], "scores": best["scores"], "recipe": best["recipe"], "key": best["key"],
                 "generation": best["generation"], "split": fit.split,
-                "test_fitness": tests[0]["fitness"], "test_scores": tests[0]["scores"], "test_status": tests[0]["status"]}
+                "test_fitness": tests[0]["fitness"], "test_scores": tests[0]["scores"], "test_status": tests[0]["status"],
+                "test_metrics": tests[0].get("metrics", {})}
     result: dict[str, Any] = {"best": best_out, "evaluations": state.evaluations, "generations": state.generation,
                               "stop_reason": reason, "candidates": len(state.candidates),
                               "failed": sum(c["status"] != "ok" for c in state.candidates)}
@@ -183,7 +184,8 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
     if plan["baseline"]:
         b = tests[1]
         result["baseline"] = {"name": plan["baseline"].get("name"), "test_fitness": b["fitness"],
-                              "test_scores": b["scores"], "status": b["status"], "reason": b.get("reason")}
+                              "test_scores": b["scores"], "test_metrics": b.get("metrics", {}), "status": b["status"],
+                              "reason": b.get("reason")}
         summary["evolve/baseline_test_fitness"] = b["fitness"]
     name = f"{cfg.get('name') or 'evolve'}_best"
     headline = (f"best of evolution run {run_dir.name}: fitness {best['fitness']:.4f} on {fit.split}, "
