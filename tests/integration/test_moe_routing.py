@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.proof]
 
 N_GATE, N_HELD_OUT = 12, 50
 #: Skill parameters used if the zoo does not publish its own.

@@ -14,7 +14,7 @@ import yaml
 from hpc_merge import zoo
 from hpc_merge.evaluate import evaluate_model, load_tasks
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.proof]
 
 DEMO = Path(__file__).resolve().parents[2] / "conf" / "merge" / "demo.yaml"
 BAR = 0.9
