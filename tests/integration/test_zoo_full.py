@@ -1,6 +1,6 @@
 """The full zoo (the demo's pool): experts differ clearly, and the demo recipe meets the quality bar.
 
-Builds the full zoo (≈ 3 minutes on 2 CPU cores, cached afterwards) and merges it in-process with
+Builds the full zoo (≈ 1 minute on 2 idle CPU cores, cached afterwards) and merges it in-process with
 mergekit exactly as ``conf/merge/demo.yaml`` says.
 """
 
