@@ -12,13 +12,12 @@ two processes (say, array tasks on one node) from building the same zoo at once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpc_merge.atomic import atomic_dir, cache_dir
+from hpc_merge.atomic import atomic_dir, cache_dir, file_lock
 from hpc_merge.zoo.spec import ALIASES, EXPERT_TASKS, ZooSpec, get_spec
 from hpc_merge.zoo.tasks import SPLITS, make_splits, read_jsonl, write_jsonl
 
@@ -41,17 +40,6 @@ def zoo_root(size: str = "full", arch: str = "qwen2") -> Path:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
 def _threads(n: int) -> Iterator[None]:
     """Fix torch's CPU threads while training (float sums depend on them), then restore."""
     import torch
@@ -70,7 +58,7 @@ def ensure_tasks(size: str = "full") -> dict[str, dict[str, Path]]:
     root = cache_dir() / "zoo" / f"tasks-{spec.tasks_key()}"
     paths = {t: {s: root / t / f"{s}.jsonl" for s in SPLITS} for t in spec.task_params}
     if not root.exists():
-        with _locked(root.parent / f".tasks-{spec.tasks_key()}"):
+        with file_lock(root.parent / f".tasks-{spec.tasks_key()}"):
             if not root.exists():
                 with atomic_dir(root) as tmp:
                     for task, params in spec.task_params.items():
@@ -148,7 +136,7 @@ def ensure_model(name: str, size: str = "full", arch: str = "qwen2") -> Path:
     if _has_model(base) and (name == "base" or _has_model(root / name)):
         return base if name == "base" else root / name
     tasks = ensure_tasks(size)
-    with _locked(root), _threads(spec.threads):
+    with file_lock(root), _threads(spec.threads):
         if not _has_model(base):
             _build_base(base, spec, arch, tasks)
         if name == "base":
