@@ -36,6 +36,9 @@ def load_mergekit_yaml(cfg: DictConfig) -> None:
     if not isinstance(data, dict):
         raise ConfigError("mergekit_yaml", f"{path} does not hold a mapping", "give a mergekit config file")
     kind = "moe" if "experts" in data else "merge"
+    if kind == "moe" and data.get("gate_mode", "hidden") == "hidden":
+        # mergekit-moe's ``hidden`` (its default) is our ``hidden_mergekit``: the file keeps its meaning
+        data["gate_mode"] = "hidden_mergekit"
     with open_dict(cfg):
         cfg.job.kind = kind
         cfg[kind] = OmegaConf.create({**({"name": path.stem}), **data})

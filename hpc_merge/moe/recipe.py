@@ -15,10 +15,10 @@ from typing import Any
 
 from hpc_merge.errors import ConfigError, did_you_mean
 
-#: mergekit's gate modes (``hidden`` = last-token hidden states) plus our ``hidden_centered``
-#: (mean router input over all prompt tokens, centered across experts: see :mod:`hpc_merge.moe.gates`).
-GATE_MODES = ("hidden", "hidden_avg", "hidden_last", "cheap_embed", "random", "uniform_random", "hidden_centered")
-PROMPT_GATE_MODES = frozenset({"hidden", "hidden_avg", "hidden_last", "cheap_embed", "hidden_centered"})
+#: ``hidden`` is ours (a router fitted to the prompts' hidden states, see :mod:`hpc_merge.moe.gates`);
+#: ``hidden_mergekit`` (mergekit's ``hidden``), ``hidden_avg``, ``hidden_last`` and the rest are mergekit's.
+GATE_MODES = ("hidden", "hidden_mergekit", "hidden_avg", "hidden_last", "cheap_embed", "random", "uniform_random")
+PROMPT_GATE_MODES = frozenset({"hidden", "hidden_mergekit", "hidden_avg", "hidden_last", "cheap_embed"})
 OUTPUT_ARCHS = ("auto", "mixtral", "qwen2_moe", "qwen3_moe")
 #: ``always_on``: the shared expert is added with weight 1 for every token (its gate is constant).
 SHARED_GATES = ("prompts", "always_on")

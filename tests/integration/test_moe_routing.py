@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.proof]
+pytestmark = pytest.mark.integration
 
 N_GATE, N_HELD_OUT = 12, 50
 #: Skill parameters used if the zoo does not publish its own.
@@ -54,7 +54,7 @@ def built(zoo_experts, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tu
     experts = [(name, path, task) for name, (path, task) in zoo_experts.items() if name != "base"]
     prompts = {task: _prompts(task) for _, _, task in experts}
     out = {}
-    for mode in ("hidden", "hidden_centered"):
+    for mode in ("hidden", "hidden_mergekit"):
         recipe = {"base_model": str(zoo_experts["base"][0]), "gate_mode": mode, "experts_per_token": 2,
                   "experts": [{"source_model": str(p), "positive_prompts": prompts[t][0]} for _, p, t in experts]}
         folder = tmp_path_factory.mktemp("moe") / mode
@@ -67,21 +67,24 @@ def built(zoo_experts, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tu
     return out
 
 
-def test_hidden_centered_routes_held_out_prompts(built) -> None:
-    _, report = built["hidden_centered"]
+def test_hidden_routes_held_out_prompts(built) -> None:
+    """The claim: with gate_mode=hidden, >= 90 % of each expert's held-out prompts go mostly to it."""
+    _, report = built["hidden"]
     assert report["min_expert_accuracy"] >= 0.9, report
 
 
 def test_mergekit_hidden_routing_figure(built) -> None:
-    """mergekit's own ``hidden`` gates, measured the same way (the figure is printed)."""
-    _, report = built["hidden"]
-    assert report["min_expert_accuracy"] >= 0.9, report
+    """mergekit's own ``hidden`` vectors (``hidden_mergekit``), measured the same way: printed, and
+    worse than ours on at least one expert (why ``hidden`` fits the router instead)."""
+    _, ours = built["hidden"]
+    _, theirs = built["hidden_mergekit"]
+    assert theirs["min_expert_accuracy"] < ours["min_expert_accuracy"], (theirs, ours)
 
 
 def test_smoke_and_evaluator_run_on_the_moe(built) -> None:
     from hpc_merge.smoke import smoke_test
 
-    folder, _ = built["hidden_centered"]
+    folder, _ = built["hidden"]
     res = smoke_test(folder, ["add: 1 2 + 3 4 =", "reverse: a b c ->"], max_new_tokens=6)
     assert res["perplexity"] > 1 and len(res["samples"]) == 2
     evaluate = pytest.importorskip("hpc_merge.evaluate")
