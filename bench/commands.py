@@ -34,9 +34,3 @@ def floor(recipe: Path, out: Path, probe: bool = False) -> Cmd:
     return Cmd([script, str(recipe), str(out)] if probe else [PY, script, str(recipe), str(out)],
                cleanup=[out], probe=probe)
 
-
-def hpc_merge_fast_trim(recipe: Path, out: Path, logs: Path) -> Cmd:
-    """The CLI with mergekit's argsort trim replaced by ``bench/fast_trim.py`` (the proposed change)."""
-    cmd = hpc_merge(recipe, out, logs)
-    cmd.argv = [PY, str(ROOT / "bench" / "fast_trim.py"), *cmd.argv[1:]]
-    return cmd

@@ -8,10 +8,9 @@ of mergekit configs the benchmarks write (``models`` with scalar ``weight``/``de
 - ``linear``: float32 accumulation in input order, divided by the weight sum — mergekit's own
   arithmetic, so the output is bit-identical (checked by ``tests/unit/test_bench_floor.py``);
 - ``ties``: the same steps as mergekit (task vectors, magnitude trim to ``density``, weighted sign
-  election, disjoint mean) in bf16, but the trim threshold comes from a histogram of the bf16
-  magnitudes (one O(n) pass) instead of a full ``argsort``; entries equal to the threshold are all
-  kept, so a few more elements than ``density`` may survive. Not bit-identical; the bench
-  reports how close.
+  election, disjoint mean) in bf16, with the product's exact-k O(n) trim (histogram threshold,
+  ties by lowest index) instead of mergekit's full ``argsort``; the bench reports how close the
+  output is to hpc_merge's (default trim) and to mergekit-yaml's.
 """
 
 from __future__ import annotations
@@ -30,19 +29,31 @@ COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_co
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor | None:
-    """Mask of the ``density`` largest magnitudes (``None`` = keep all)."""
+    """Mask of exactly ``max(1, int(density · n))`` largest magnitudes (``None`` = keep all).
+
+    The product's exact-k trim (``hpc_merge/mergekit_adapter/trim.py``), copied so the floor imports
+    nothing but torch: the k-th largest from a histogram of bf16 bit patterns (one O(n) pass) or
+    ``kthvalue``, ties at the threshold kept by lowest index.
+    """
     if density >= 1:
         return None
     n = delta.numel()
     k = max(1, int(density * n))
     mag = delta.abs().reshape(-1)
-    if delta.dtype == torch.bfloat16:  # 2^15 magnitudes: count them, read the threshold off
-        bits = mag.view(torch.int16).to(torch.int32)
-        at_least = torch.bincount(bits, minlength=1 << 15).flip(0).cumsum(0)
-        threshold = (1 << 15) - 1 - int(torch.searchsorted(at_least, k))
-        return (bits >= threshold).view(delta.shape)
-    threshold = torch.kthvalue(mag.float(), n - k + 1).values
-    return (mag.float() >= threshold).view(delta.shape)
+    if delta.dtype in (torch.bfloat16, torch.float16):  # 2^15 magnitudes: count them, read the threshold off
+        keys = mag.view(torch.int16)
+        at_least = torch.bincount(keys.to(torch.int32), minlength=1 << 15).flip(0).cumsum(0)
+        j = int(torch.searchsorted(at_least, k))
+        above = int(at_least[j - 1]) if j else 0
+        threshold = (1 << 15) - 1 - j
+    else:
+        keys = mag
+        threshold = torch.kthvalue(keys, n - k + 1).values
+        above = int((keys > threshold).sum())
+    keep = keys > threshold
+    if k > above:
+        keep[(keys == threshold).nonzero().squeeze(1)[:k - above]] = True
+    return keep.view(delta.shape)
 
 
 def linear(tensors: list[torch.Tensor], weights: list[float], normalize: bool = True) -> torch.Tensor:

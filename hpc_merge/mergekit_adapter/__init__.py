@@ -8,7 +8,9 @@ workarounds for known mergekit bugs (see ``../shared/notes/mergekit-facts.md``):
 - arbitrary tokenizer/config donor without a base model  -> deterministic donor (base, else first);
 - passthrough changing the layer count leaves ``layer_types`` stale -> rebuilt;
 - process-wide loader cache reads rewritten inputs stale  -> cleared before every merge;
-- weights written 0600                                     -> fixed by ``atomic_dir``.
+- weights written 0600                                     -> fixed by ``atomic_dir``;
+- TIES trims with a full argsort per tensor (slow on CPU, ties kept arbitrarily) -> exact-k O(n)
+  trim, ties broken by lowest index (``job.options.sparsify: fast``, the default; ``trim.py``).
 """
 
 from hpc_merge.mergekit_adapter.execute import (
@@ -28,7 +30,9 @@ from hpc_merge.mergekit_adapter.recipe import (
     method_specs,
 )
 from hpc_merge.mergekit_adapter.translate import model_refs, to_mergekit, validate_with_mergekit
+from hpc_merge.mergekit_adapter.trim import SPARSIFY_MODES, exact_magnitude, magnitude_trim, sparsify_mode
 
 __all__ = ["check_recipe", "to_mergekit", "run_mergekit", "merge_options", "method_specs", "model_refs",
            "donor_has_tokenizer", "copy_tokenizer_files", "validate_with_mergekit", "DTYPES", "MODEL_KEYS",
-           "OWN_KEYS", "RECIPE_KEYS", "SLICE_KEYS", "SOURCE_KEYS"]
+           "OWN_KEYS", "RECIPE_KEYS", "SLICE_KEYS", "SOURCE_KEYS", "SPARSIFY_MODES", "exact_magnitude",
+           "magnitude_trim", "sparsify_mode"]

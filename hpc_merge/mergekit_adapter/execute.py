@@ -10,15 +10,22 @@ from typing import Any
 
 from hpc_merge.errors import ConfigError
 from hpc_merge.mergekit_adapter.translate import validate_with_mergekit
+from hpc_merge.mergekit_adapter.trim import magnitude_trim, sparsify_mode
 
 
 def merge_options(options: dict[str, Any]) -> Any:
-    """``job.options`` -> ``MergeOptions`` (device ``auto`` picks cuda when there is a GPU)."""
+    """``job.options`` -> ``MergeOptions`` (device ``auto`` picks cuda when there is a GPU).
+
+    Our own options are checked and removed here (mergekit's pydantic model would reject them):
+    ``device: auto`` and ``sparsify`` (see :mod:`hpc_merge.mergekit_adapter.trim`).
+    """
     import torch
     from mergekit.common import parse_kmb
     from mergekit.options import MergeOptions
 
     opts = dict(options)
+    sparsify_mode(opts)
+    opts.pop("sparsify", None)
     if opts.get("out_shard_size") is not None:
         try:
             opts["out_shard_size"] = parse_kmb(str(opts["out_shard_size"]))
@@ -89,7 +96,8 @@ def run_mergekit(config: dict[str, Any], out_dir: Path, options: dict[str, Any],
         mergekit.graph.tqdm = types.SimpleNamespace(tqdm=_ProgressTqdm(progress).tqdm)
     mergekit.merge._model_out_config = _with_layer_types_fixed(real_out_config)
     try:
-        mergekit.merge.run_merge(merge_config, str(out_dir), options=mk_options)
+        with magnitude_trim(sparsify_mode(options)):  # exact-k O(n) trim unless sparsify: mergekit
+            mergekit.merge.run_merge(merge_config, str(out_dir), options=mk_options)
     except SystemExit as exc:  # mergekit calls sys.exit on some bad configs
         raise RuntimeError(f"mergekit exited ({exc.code}) on this recipe") from None
     finally:

@@ -1,0 +1,91 @@
+"""The exact-k magnitude trim (``job.options.sparsify: fast``) against mergekit's argsort trim."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hpc_merge import mergekit_adapter as mk
+from hpc_merge.errors import ConfigError
+from hpc_merge.mergekit_adapter.trim import exact_magnitude, magnitude_mask
+
+
+def _mergekit_mask(x: torch.Tensor, density: float) -> torch.Tensor:
+    """mergekit's kept set, read off its output (inputs have no zeros, so kept = non-zero)."""
+    from mergekit.sparsify import magnitude
+
+    return magnitude(x, density) != 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("density", [0.01, 0.3, 0.5, 0.9])
+def test_keeps_exactly_k_and_differs_from_mergekit_only_at_ties(dtype: torch.dtype, density: float) -> None:
+    """Exactly mergekit's k; any disagreement is among elements equal to the k-th magnitude."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(37, 129, generator=g) * 0.02).to(dtype)
+    x[x == 0] = 1e-3  # no zeros: a kept zero would be invisible in mergekit's output
+    k = max(1, int(density * x.numel()))
+    ours = magnitude_mask(x, density)
+    theirs = _mergekit_mask(x, density)
+    assert int(ours.sum()) == int(theirs.sum()) == k
+    mag = x.abs()
+    threshold = mag.reshape(-1).float().sort(descending=True).values[k - 1]
+    assert (mag[ours].float() >= threshold).all() and (mag[~ours].float() <= threshold).all()
+    differ = ours != theirs
+    assert (mag[differ].float() == threshold).all()
+
+
+def test_ties_broken_by_lowest_index() -> None:
+    """Twenty equal magnitudes of which 5 survive: the first five by flat index, whatever the signs."""
+    x = torch.full((4, 10), 0.001)
+    x[0, :3] = torch.tensor([5.0, -4.0, 3.0])
+    x[1:3] = 0.5 * torch.tensor([1, -1] * 10).view(2, 10)  # 20 ties at |0.5|
+    for dtype in (torch.bfloat16, torch.float32):
+        mask = magnitude_mask(x.to(dtype), 8 / 40)
+        kept = mask.reshape(-1).nonzero().squeeze(1).tolist()
+        assert kept == [0, 1, 2, 10, 11, 12, 13, 14], dtype
+
+
+def test_output_bit_identical_outside_ties_and_edge_cases() -> None:
+    """Same values as mergekit where both keep an element, rescaling included; trivial densities alike."""
+    from mergekit.sparsify import RescaleNorm, magnitude
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 64, generator=g)
+    for norm in (None, RescaleNorm.l1):
+        assert torch.equal(exact_magnitude(x, 0.37, norm), magnitude(x, 0.37, norm))  # fp32 randn: no ties
+    assert exact_magnitude(x, 1.0) is x
+    assert torch.equal(exact_magnitude(x, 0.0), torch.zeros_like(x))
+    assert int((exact_magnitude(x, 1e-9) != 0).sum()) == 1  # at least one element, like mergekit
+    assert exact_magnitude(torch.empty(0), 0.5).numel() == 0
+
+
+def test_option_validated_as_one_config_error() -> None:
+    """A bad ``job.options.sparsify`` is one ConfigError naming the field; good values pass."""
+    with pytest.raises(ConfigError) as info:
+        mk.merge_options({"device": "cpu", "sparsify": "quick"})
+    assert info.value.field == "job.options.sparsify" and "\n" not in str(info.value)
+    for mode in ("fast", "mergekit", None):
+        mk.merge_options({"device": "cpu", "sparsify": mode})
+
+
+def test_trim_installed_only_during_the_merge(tiny_pool, tmp_path: Path) -> None:
+    """fast and mergekit TIES merges differ only at tied elements; mergekit's function is restored after."""
+    import mergekit.sparsify
+
+    real = mergekit.sparsify.magnitude
+    recipe = {"merge_method": "ties", "base_model": str(tiny_pool["math"]), "dtype": "bfloat16",
+              "models": [{"model": str(tiny_pool[m]), "parameters": {"weight": 0.5, "density": 0.5}}
+                         for m in ("coder", "science")]}
+    opts = {"device": "cpu", "random_seed": 0, "out_shard_size": "1B"}
+    mk.run_mergekit(recipe, tmp_path / "fast", opts)
+    assert mergekit.sparsify.magnitude is real
+    mk.run_mergekit(recipe, tmp_path / "mk", {**opts, "sparsify": "mergekit"})
+    fast, ref = load_file(tmp_path / "fast" / "model.safetensors"), load_file(tmp_path / "mk" / "model.safetensors")
+    assert fast.keys() == ref.keys()
+    same = sum(int((fast[k] == ref[k]).sum()) for k in fast)
+    total = sum(v.numel() for v in fast.values())
+    assert same / total > 0.95  # the rest: which tied magnitudes survived the trim
