@@ -42,7 +42,7 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor | None:
     mag = delta.abs().reshape(-1)
     if delta.dtype in (torch.bfloat16, torch.float16):  # 2^15 magnitudes: count them, read the threshold off
         keys = mag.view(torch.int16)
-        at_least = torch.bincount(keys.to(torch.int32), minlength=1 << 15).flip(0).cumsum(0)
+        at_least = torch.bincount(keys, minlength=1 << 15).flip(0).cumsum(0)
         j = int(torch.searchsorted(at_least, k))
         above = int(at_least[j - 1]) if j else 0
         threshold = (1 << 15) - 1 - j

@@ -10,7 +10,9 @@ workarounds for known mergekit bugs (see ``../shared/notes/mergekit-facts.md``):
 - process-wide loader cache reads rewritten inputs stale  -> cleared before every merge;
 - weights written 0600                                     -> fixed by ``atomic_dir``;
 - TIES trims with a full argsort per tensor (slow on CPU, ties kept arbitrarily) -> exact-k O(n)
-  trim, ties broken by lowest index (``job.options.sparsify: fast``, the default; ``trim.py``).
+  trim, ties broken by lowest index (``job.options.sparsify: fast``, the default; ``trim.py``);
+- every input shard stays memory-mapped, so all its touched pages count in RSS -> read with
+  ``pread`` into memory freed with the tensor (``reader.py``).
 """
 
 from hpc_merge.mergekit_adapter.execute import (

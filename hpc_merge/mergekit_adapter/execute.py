@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_merge.errors import ConfigError
+from hpc_merge.mergekit_adapter.reader import pread_inputs
 from hpc_merge.mergekit_adapter.translate import validate_with_mergekit
 from hpc_merge.mergekit_adapter.trim import magnitude_trim, sparsify_mode
 
@@ -96,7 +97,8 @@ def run_mergekit(config: dict[str, Any], out_dir: Path, options: dict[str, Any],
         mergekit.graph.tqdm = types.SimpleNamespace(tqdm=_ProgressTqdm(progress).tqdm)
     mergekit.merge._model_out_config = _with_layer_types_fixed(real_out_config)
     try:
-        with magnitude_trim(sparsify_mode(options)):  # exact-k O(n) trim unless sparsify: mergekit
+        # exact-k O(n) trim unless sparsify: mergekit; inputs read, not kept mapped (peak RSS)
+        with magnitude_trim(sparsify_mode(options)), pread_inputs():
             mergekit.merge.run_merge(merge_config, str(out_dir), options=mk_options)
     except SystemExit as exc:  # mergekit calls sys.exit on some bad configs
         raise RuntimeError(f"mergekit exited ({exc.code}) on this recipe") from None
