@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bench import commands, inputs
 from bench.context import Context
-from bench.proc import run_once, warm_cache
+from bench.proc import Sample, run_once, warm_cache
 from bench.table import Table
 
 NAME = "scaling"
@@ -26,17 +26,21 @@ def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
-def _time(ctx: Context, method: str, models: list, tag: str) -> float:
+def _sample(ctx: Context, method: str, models: list, tag: str) -> Sample:
     work = ctx.work / NAME
     recipe = inputs.write_recipe(inputs.recipe(method, models), work / f"{tag}-{method}.yaml")
     warm_cache(models)
     s = run_once(commands.hpc_merge(recipe, work / "out", work / "logs"))
     ctx.log(f"    {tag} {method}: {s.wall_s:.1f} s, peak {s.peak_rss_mb:.0f} MB")
-    return s.wall_s
+    return s
+
+
+def _time(ctx: Context, method: str, models: list, tag: str) -> float:
+    return _sample(ctx, method, models, tag).wall_s
 
 
 def run(ctx: Context) -> list[Table]:
-    """Sizes × {linear, ties} with 3 inputs; then ties with 2, 3, 5 inputs at the middle size."""
+    """Sizes × {linear, ties} with 3 inputs; then 2, 3, 5 inputs at one size."""
     ctx.scratch(NAME)
     shapes = [inputs.QUICK_XS, inputs.QUICK_S, inputs.QUICK_M] if ctx.quick else \
         [inputs.QWEN012, inputs.QWEN025, inputs.QWEN05]
@@ -51,12 +55,23 @@ def run(ctx: Context) -> list[Table]:
         pts["ties"].append((gb, ties))
         t1.add(shape.label, f"{shape.params() / 1e6:.0f} M", f"{gb:.2f}", lin, ties, f"{ties / gb:.1f}")
 
-    mid = shapes[1]
-    t2 = Table(f"Scaling with the number of inputs (TIES, {mid.label} models, base included)",
-               ["inputs", "GB read", "ties s", "s per input"])
+    # inputs: the quick merge size in --quick, the smallest full size otherwise (5 × 0.5B does not fit
+    # the run's time budget on this machine); linear and TIES, each one run per point
+    few = inputs.QUICK_M if ctx.quick else inputs.QWEN012
+    t2 = Table(f"Scaling with the number of inputs ({few.label} models, base included, one run each)",
+               ["inputs", "GB read", "linear s", "ties s", "ties peak RSS MB"])
+    per_n: dict[str, list[tuple[float, float]]] = {"linear": [], "ties": []}
     for n in (2, 3, 5):
-        s = _time(ctx, "ties", inputs.ensure_models(mid, n), f"{mid.label}-n{n}")
-        t2.add(n, f"{n * mid.gbytes():.2f}", s, s / n)
+        models = inputs.ensure_models(few, n)
+        lin = _time(ctx, "linear", models, f"{few.label}-n{n}")
+        ties = _sample(ctx, "ties", models, f"{few.label}-n{n}")
+        per_n["linear"].append((n, lin))
+        per_n["ties"].append((n, ties.wall_s))
+        t2.add(n, f"{n * few.gbytes():.2f}", lin, ties.wall_s, ties.peak_rss_mb)
+    slopes = {m: fit([x for x, _ in xy], [y for _, y in xy]) for m, xy in per_n.items()}
+    t2.notes.append("least-squares cost per extra input: " + "; ".join(
+        f"{m} {b:.1f} s/input (fixed {a:.1f} s)" for m, (a, b) in slopes.items()) +
+        " — the fixed part is interpreter start-up and imports (≈ 7 s here).")
 
     gb32 = QWEN32B_PARAMS * 2 / 1e9
     t3 = Table("EXTRAPOLATION to a 32B merge (3 × Qwen2.5-32B, bf16) — a straight-line fit, not a measurement",
@@ -69,11 +84,11 @@ def run(ctx: Context) -> list[Table]:
         "fitted on three points from this 2-core machine with the inputs in the page cache; a 32B merge reads "
         f"{3 * gb32:.0f} GB, which no page cache here holds, so add the disk read time "
         f"({3 * gb32 / 2.0:.0f} s at 2 GB/s) for linear, whose time is mostly I/O.",
-        "TIES is CPU-bound on the per-tensor magnitude trim (argsort): it scales with element count and "
-        "with cores (mergekit uses torch's intra-op threads); on a GPU node (`job.options.device=cuda`) "
-        "it is far faster — not measured here.",
-        "peak RAM grows with the largest tensor × inputs plus job.options.out_shard_size, not with the model "
-        "size (see the memory table): set out_shard_size so the node's RAM holds it.",
+        "TIES is CPU-bound on mergekit's per-tensor arithmetic (task vectors, sign election; the trim is "
+        "the O(n) exact-k one): it scales with element count and with cores (torch's intra-op threads); "
+        "on a GPU node (`job.options.device=cuda`) it is far faster — not measured here.",
+        "peak RAM grows with the largest tensor × (inputs + the method's temporaries) plus "
+        "job.options.out_shard_size, not with the model size (see the memory table).",
     ]
     if ctx.quick:
         t3.notes.append("--quick: fitted on tiny models whose time is mostly interpreter start-up; "
