@@ -72,6 +72,12 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("evolve.launcher", "slurm arrays need a SLURM cluster profile", "add cluster=slurm")
     if int(ev.get("workers") or 1) < 1:
         raise ConfigError("evolve.workers", "must be >= 1", "set evolve.workers=1")
+    tasks, per_job = None, int(ev.get("candidates_per_job") or 1)
+    if launcher == "slurm":  # candidates spread one per GPU (or CPU task) of each job: checked before submitting
+        from hpc_merge.evolve.launchers import slurm_tasks
+
+        tasks, per_job = slurm_tasks(OmegaConf.to_container(cfg.cluster, resolve=True), ev.get("candidates_per_job"),
+                                     ev.get("gpus_per_candidate", 1))
     mk.merge_options(OmegaConf.to_container(cfg.job.options, resolve=True) if cfg.job.get("options") else {})
     refs = {"evolve.base_model": space.base_model} if space.base_model else {}
     refs.update({f"evolve.models[{i}]": m for i, m in enumerate(space.models)})
@@ -98,11 +104,15 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if not mk.donor_has_tokenizer(Path(paths[donor])):
         raise ConfigError("evolve.base_model", f"{paths[donor]} has no tokenizer files", "use a model with a tokenizer")
     options = OmegaConf.to_container(cfg.job.options, resolve=True) if cfg.job.get("options") else {}
+    if tasks is not None:  # every task of a candidate job holds its own copy of the models
+        from hpc_merge.evolve.launchers import check_memory
+
+        check_memory(tasks, OmegaConf.to_container(cfg.cluster, resolve=True), paths, donor, bool(ev.get("in_memory", True)))
     return {"space": space, "fitness": fitness, "settings": settings, "paths": paths, "donor": donor,
             "findings": findings, "baseline": baseline, "launcher": launcher, "options": options,
             "workers": int(ev.get("workers") or 1), "threads": int(ev.get("threads_per_worker") or 1),
             "in_memory": bool(ev.get("in_memory", True)), "timeout_s": ev.get("candidate_timeout_s"),
-            "per_job": int(ev.get("candidates_per_job") or 1), "final_merge": bool(ev.get("final_merge", False))}
+            "per_job": per_job, "tasks": tasks, "final_merge": bool(ev.get("final_merge", False))}
 
 
 def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
@@ -117,7 +127,8 @@ def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
              + (f", {s.max_time_s} s" if s.max_time_s else ""),
              f"# fitness: {' + '.join(f'{w:g}*{m}' for m, w in fit.metrics)} on {', '.join(fit.tasks)} ({fit.split} split"
              + (f", {fit.limit} examples/task" if fit.limit else "") + f"), test report on {fit.test_split}",
-             f"# launcher {plan['launcher']}, workers {plan['workers']}, in_memory {plan['in_memory']}",
+             f"# launcher {plan['launcher']}, workers {plan['workers']}, in_memory {plan['in_memory']}"
+             + (f"; {plan['per_job']} candidates per SLURM job over {plan['tasks'].describe()}" if plan.get("tasks") else ""),
              "# centre of the space as a mergekit config:",
              yaml.safe_dump(mk.to_mergekit(space.decode([0.5] * space.dim), plan["paths"]), sort_keys=False),
              "# architecture check: OK", *(f"#   {f}" for f in plan["findings"])]
@@ -137,7 +148,7 @@ def _evaluator(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, spec: Worke
     if plan["launcher"] == "slurm":
         cluster = OmegaConf.to_container(cfg.cluster, resolve=True)
         return launchers.slurm_evaluator(cluster, run_dir / "slurm_evolve", f"{cfg.get('name', 'evolve')}-cand",
-                                         spec, per_job=plan["per_job"])
+                                         spec, per_job=plan["per_job"], tasks=plan.get("tasks"))
     if not plan["in_memory"]:
         (run_dir / "scratch").mkdir(parents=True, exist_ok=True)
     return launchers.local_evaluator(spec, plan["workers"], plan["timeout_s"])

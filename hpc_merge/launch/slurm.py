@@ -17,10 +17,12 @@ from hpc_merge.errors import JobFailed
 from hpc_merge.launch.executor import job_env, make_executor
 from hpc_merge.launch.logtail import LogFollower, tail_text
 from hpc_merge.launch.runner import JobRunner
+from hpc_merge.launch.spread import single_process
 from hpc_merge.monitor.slurmq import ENDED, query_states
 from hpc_merge.status import update_status
 
-__all__ = ["JobRunner", "gather", "job_state", "make_executor", "submit_array", "submit_job", "wait"]
+__all__ = ["JobRunner", "ended_message", "failure_reason", "gather", "job_state", "make_executor",
+           "no_result_reason", "submit_array", "submit_job", "wait"]
 
 Stream = Callable[[str], Any]
 PREEMPTED_GRACE_S = 60.0
@@ -30,7 +32,7 @@ def submit_job(cluster: dict[str, Any], run_dir: Path, kind: str, cfg: dict[str,
     """Submit job ``kind`` on ``cfg`` (a plain dict); its submitit files go to ``run_dir/slurm/``."""
     run_dir = Path(run_dir)
     name = f"{kind}-{cfg.get('name') or run_dir.name}"
-    executor = make_executor(cluster, run_dir / "slurm", name)
+    executor = make_executor(single_process(cluster), run_dir / "slurm", name)  # one task: one copy of the job
     job = executor.submit(JobRunner(kind, cfg, str(run_dir), env=job_env(cluster)))
     update_status(run_dir, slurm_job_id=str(job.job_id), slurm_state="PENDING",
                   slurm_stdout=str(job.paths.stdout), slurm_stderr=str(job.paths.stderr))
@@ -113,20 +115,39 @@ def _settle(job: submitit.Job, state: str, within_s: float = 20.0) -> str:
 
 
 def _outcome(job: submitit.Job, state: str) -> dict[str, Any]:
-    """The result of a finished job, or :class:`JobFailed` with the reason."""
+    """The result of a finished job, or :class:`JobFailed` with the reason.
+
+    A result is trusted only from a job that SLURM does not say was killed: a task can write its
+    result and still be cancelled, or run out of memory in a child process, before the job ends.
+    """
     logs = [job.paths.stdout, job.paths.stderr]
     if not _has_result(job):
-        raise JobFailed(f"SLURM job {job.job_id} ended {state} without a result"
-                        f"{_hint(state)}\n{tail_text(logs)}")
+        raise JobFailed(ended_message(str(job.job_id), state, tail_text(logs)))
     try:
         result = job.result()
     except FailedJobError as exc:
-        raise JobFailed(f"SLURM job {job.job_id} ended {state}: the job raised an exception.\n"
+        hint = _hint(state) if state != "FAILED" else ""  # e.g. a MemoryError in an OUT_OF_MEMORY job
+        raise JobFailed(f"SLURM job {job.job_id} ended {state}{hint}: the job raised an exception.\n"
                         f"{_remote_trace(exc)}") from None
     except UncompletedJobError as exc:  # e.g. a plain function past its time limit
-        raise JobFailed(f"SLURM job {job.job_id} ended {state}: {str(exc).splitlines()[0]}\n"
-                        f"{tail_text(logs)}") from None
+        raise JobFailed(ended_message(str(job.job_id), state, tail_text(logs), str(exc).splitlines()[0])) from None
+    if state in KILLED:
+        raise JobFailed(ended_message(str(job.job_id), state, tail_text(logs),
+                                      "it wrote a result, but SLURM killed it: the result is not used"))
     return result
+
+
+def ended_message(job_id: str, state: str, log_text: str, detail: str | None = None) -> str:
+    """``SLURM job 12 ended OUT_OF_MEMORY without a result (out of memory: ... raise cluster.mem_gb ...)``
+    (or ``ended STATE (hint): detail``), then the log tail.
+
+    The one wording of a failed end, so every way a job can end says its state and the fix.
+    """
+    if detail is None:
+        head = f"SLURM job {job_id} ended {state} without a result{_hint(state)}"
+    else:
+        head = f"SLURM job {job_id} ended {state}{_hint(state)}: {detail}"
+    return f"{head}\n{log_text}"
 
 
 def _remote_trace(exc: FailedJobError) -> str:
@@ -139,15 +160,24 @@ def _remote_trace(exc: FailedJobError) -> str:
 
 def _hint(state: str) -> str:
     """What to do about a state, said once."""
-    hints = {
-        "CANCELLED": " (cancelled by scancel, an admin or a dependency)",
-        "TIMEOUT": " (time limit: raise cluster.timeout_min)",
-        "OUT_OF_MEMORY": " (out of memory: raise cluster.mem_gb)",
-        "NODE_FAIL": " (the node failed: submit again)",
-        "PREEMPTED": " (preempted and not requeued)",
-        "FAILED": " (the process died before writing a result: see the log)",
-    }
-    return hints.get(state, "")
+    return f" ({HINTS[state]})" if state in HINTS else ""
+
+
+#: What each end state means and what to do about it.
+HINTS = {
+    "CANCELLED": "cancelled by scancel, an admin or a dependency",
+    "TIMEOUT": "time limit: raise cluster.timeout_min",
+    "OUT_OF_MEMORY": "out of memory: the job used more than it asked for; raise cluster.mem_gb "
+                     "(or give each job less work)",
+    "NODE_FAIL": "the node failed: submit again; the run resumes from its run dir",
+    "PREEMPTED": "preempted and not requeued: submit again (the run resumes), or use a QOS without preemption",
+    "BOOT_FAIL": "the node failed to boot: submit again",
+    "DEADLINE": "past its --deadline: remove the deadline or submit earlier",
+    "FAILED": "the process died before writing a result: see the log",
+}
+#: End states in which SLURM killed the job: a result written before is not reported as success.
+KILLED = frozenset({"CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+                    "DEADLINE", "REVOKED"})
 
 
 def submit_array(cluster: dict[str, Any], folder: Path, name: str, fn: Callable[[Any], Any],
@@ -162,18 +192,30 @@ def submit_array(cluster: dict[str, Any], folder: Path, name: str, fn: Callable[
 def gather(jobs: Sequence[submitit.Job]) -> list[tuple[bool, Any]]:
     """``(True, result)`` or ``(False, reason)`` per job, in order; never raises for a failed job.
 
-    A reason names the SLURM state and the error's last line, so one bad candidate of an
-    evolution generation does not lose the others.
+    A reason names the SLURM state and the error's last line (:func:`failure_reason`), so one
+    bad candidate of an evolution generation does not lose the others.
     """
     out: list[tuple[bool, Any]] = []
     for job in jobs:
         try:
             out.append((True, job.result()))
-        except FailedJobError as exc:
-            trace = _remote_trace(exc).strip().splitlines()
-            out.append((False, f"job {job.job_id} raised: {trace[-1] if trace else exc}"))
-        except UncompletedJobError as exc:
-            state = job_state(job) if isinstance(job, submitit.SlurmJob) else "FAILED"
-            out.append((False, f"job {job.job_id} ended {state} without a result: "
-                               f"{str(exc).splitlines()[0]}"))
+        except (FailedJobError, UncompletedJobError) as exc:
+            out.append((False, failure_reason(job, exc)))
     return out
+
+
+def failure_reason(job: submitit.Job, exc: Exception, task: int | None = None) -> str:
+    """One line on why ``job`` (or its task ``task``) gave no result: what it raised, or the
+    SLURM state it ended in and the fix (``job 12_3 task 1 ended OUT_OF_MEMORY without a result
+    (out of memory: ... raise cluster.mem_gb ...)``)."""
+    who = f"job {job.job_id}" + (f" task {task}" if task is not None else "")
+    if isinstance(exc, FailedJobError):
+        trace = _remote_trace(exc).strip().splitlines()
+        return f"{who} raised: {trace[-1] if trace else exc}"
+    state = job_state(job) if isinstance(job, submitit.SlurmJob) else "FAILED"
+    return no_result_reason(who, state, str(exc).splitlines()[0])
+
+
+def no_result_reason(who: str, state: str, detail: str) -> str:
+    """``job 12_3 task 1 ended OUT_OF_MEMORY without a result (out of memory: ...): detail``."""
+    return f"{who} ended {state} without a result{_hint(state)}: {detail}"

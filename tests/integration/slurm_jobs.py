@@ -55,3 +55,18 @@ class Resumable(submitit.helpers.Checkpointable):
             print("first run: working past the time limit", flush=True)
             time.sleep(600)
         return {"restarts": restarts, "resumed_after": marker.read_text().strip()}
+
+
+def squares(items: list[int]) -> list[int]:
+    """A task's share of a spread batch; a negative item makes the task raise."""
+    print(f"squaring {items} in job {os.environ.get('SLURM_JOB_ID')} task {os.environ.get('SLURM_PROCID')} "
+          f"with {os.environ.get('SLURM_CPUS_PER_TASK')} CPU(s)", flush=True)
+    return [square(x) for x in items]
+
+
+def squares_or_die(items: list[int]) -> list[int]:
+    """Like :func:`squares`, but a negative item kills the task without a result (as the OOM killer would)."""
+    if any(x < 0 for x in items):
+        print(f"task {os.environ.get('SLURM_PROCID')} about to die", flush=True)
+        os._exit(9)
+    return squares(items)
