@@ -123,6 +123,9 @@ def run_search(space: SearchSpace, settings: SearchSettings, run_dir: str | Path
     while (reason := stop_reason(state, settings)) is None:
         t0 = time.time()
         np.random.set_state(state.rng)  # cma samples from numpy's global RNG; evaluation may reseed it
+        if state.generation == 0:  # the start point is itself a candidate: the best is never worse than it
+            start = np.array(settings.x0 if settings.x0 is not None else [0.5] * space.dim, dtype=float)
+            state.es.inject([state.es.boundary_handler.inverse(start)], force=True)
         xs = state.es.ask()
         rng_after_ask = np.random.get_state()
         recipes = [space.decode(x) for x in xs]

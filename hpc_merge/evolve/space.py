@@ -219,16 +219,14 @@ class SearchSpace:
             if source is None or gene.param not in source:
                 raise ValueError(f"recipe has no value for {gene.label}")
             value = source[gene.param]
+            # a scalar is the point of a finer space that has that value everywhere (every filter,
+            # every layer group): so a hand preset can seed a per-layer or per-filter search
             if isinstance(value, list) and value and isinstance(value[0], dict):
                 value = next(item["value"] for item in value if item.get("filter") == gene.filter)
-            elif gene.filter is not None:
-                raise ValueError(f"recipe has no per-filter values for {gene.label}")
             if isinstance(value, list):
                 if len(value) != self.layer_groups:
                     raise ValueError(f"{gene.label}: gradient of {len(value)} values, space has {self.layer_groups}")
                 value = value[gene.group]
-            elif self.layer_groups != 1:
-                raise ValueError(f"{gene.label}: a scalar where the space has a gradient")
             x.append((float(value) - gene.lo) / (gene.hi - gene.lo))
         return x
 

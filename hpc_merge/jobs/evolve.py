@@ -28,7 +28,7 @@ from hpc_merge.status import update_status
 LAUNCHERS = ("local", "slurm")
 
 
-def _settings(ev: dict[str, Any], space: SearchSpace) -> SearchSettings:
+def _settings(ev: dict[str, Any], space: SearchSpace, merge: dict[str, Any] | None) -> SearchSettings:
     budget = ev.get("budget") or {}
     pop = int(ev.get("population") or 8)
     max_eval = int(budget.get("max_evaluations") or 0)
@@ -42,14 +42,19 @@ def _settings(ev: dict[str, Any], space: SearchSpace) -> SearchSettings:
         raise ConfigError("evolve.sigma0", f"{sigma} outside (0, 1]", "the genotype lives in the unit cube: try 0.25")
     return SearchSettings(population=pop, sigma0=sigma, seed=int(ev.get("seed", 0)), max_evaluations=max_eval,
                           max_generations=budget.get("max_generations"), max_time_s=budget.get("max_time_s"),
-                          x0=_x0(ev, space))
+                          x0=_x0(ev, space, merge))
 
 
-def _x0(ev: dict[str, Any], space: SearchSpace) -> tuple[float, ...] | None:
-    """``evolve.x0``: null (centre of the box) or a recipe in the space to start from."""
+def _x0(ev: dict[str, Any], space: SearchSpace, merge: dict[str, Any] | None) -> tuple[float, ...] | None:
+    """``evolve.x0``: null (centre of the box), ``merge`` (start from the hand recipe ``merge=NAME``:
+    evolution then refines a preset instead of rediscovering it) or a recipe in the space."""
     x0 = ev.get("x0")
     if x0 is None:
         return None
+    if x0 == "merge":
+        if merge is None:
+            raise ConfigError("evolve.x0", "x0 'merge' but no merge recipe", "add merge=NAME or set evolve.x0=null")
+        x0 = merge
     try:
         return tuple(min(max(v, 0.0), 1.0) for v in space.encode(x0))
     except (ValueError, KeyError, TypeError) as exc:
@@ -64,7 +69,8 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     ev = OmegaConf.to_container(cfg.evolve, resolve=True)
     space = SearchSpace.from_config(ev)
     fitness = FitnessSpec.from_config(ev.get("fitness") or {})
-    settings = _settings(ev, space)
+    merge = OmegaConf.to_container(cfg.merge, resolve=True) if cfg.get("merge") is not None else None
+    settings = _settings(ev, space, merge)
     launcher = ev.get("launcher", "local")
     if launcher not in LAUNCHERS:
         raise ConfigError("evolve.launcher", f"unknown launcher {launcher!r}", f"use one of {', '.join(LAUNCHERS)}")

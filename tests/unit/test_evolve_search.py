@@ -87,13 +87,25 @@ def test_search_moves_towards_the_target(pool, tmp_path: Path) -> None:
     assert (tmp_path / STATE_FILE).is_file() and (tmp_path / "cache.jsonl").is_file()
 
 
+def test_the_start_point_is_the_first_candidate(pool, tmp_path: Path) -> None:
+    """x0 (a hand recipe to refine) is evaluated as is in generation 0: the best never loses to it."""
+    space = _space()
+    x0 = (0.05, 0.9, 0.3, 0.97)  # near the bounds, where cma's bound transform would move it
+    settings = SearchSettings(population=4, sigma0=0.3, seed=2, max_evaluations=8, x0=x0)
+    state, _ = run_search(space, settings, tmp_path, Objective(pool, space.decode([0.5] * 4)))
+    first = state.candidates[0]
+    assert first["generation"] == 0 and first["index"] == 0
+    assert first["recipe"] == space.decode(list(x0))
+    assert best_candidate(state.candidates)["fitness"] >= first["fitness"]
+
+
 def test_a_genotype_is_never_evaluated_twice(pool, tmp_path: Path) -> None:
     space = _space(decimals=1)  # coarse rounding: many candidates decode to the same recipe
     obj = Objective(pool, space.decode([1.0, 0.0, 1.0, 0.0]))
-    settings = SearchSettings(population=8, sigma0=0.2, seed=3, max_evaluations=100, max_generations=6)
+    settings = SearchSettings(population=8, sigma0=0.2, seed=3, max_evaluations=100, max_generations=10)
     state, _ = run_search(space, settings, tmp_path, obj)
     assert len(obj.calls) == len(set(obj.calls)) == state.evaluations
-    assert len(state.candidates) == 6 * 8 > state.evaluations  # repeats were served from the cache
+    assert len(state.candidates) == 10 * 8 > state.evaluations  # repeats were served from the cache
     assert any(c["repeat"] for c in state.candidates)
 
 

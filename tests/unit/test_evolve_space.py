@@ -85,7 +85,16 @@ def test_config_errors_name_the_field(change: dict, field: str) -> None:
     assert err.value.field == field
 
 
-def test_encode_rejects_a_recipe_outside_the_space() -> None:
-    space = _space("ties", "filter")
-    with pytest.raises(ValueError, match="per-filter"):
-        space.encode(_space("ties", "model").decode([0.5] * 4))
+def test_a_scalar_recipe_seeds_a_finer_space_and_foreign_recipes_are_refused() -> None:
+    """A per-model recipe (a hand preset) is the point of a per-filter / per-layer space that has
+    its values everywhere; a recipe without a searched model is not in the space at all."""
+    coarse = _space("ties", "model")
+    recipe = coarse.decode([0.2, 0.7, 0.4, 0.9])
+    for granularity in ("filter", "layer", "filter_layer"):
+        fine = _space("ties", granularity)
+        x = fine.encode(recipe)
+        assert len(x) == fine.dim > coarse.dim
+        assert sorted({round(v, 6) for v in x}) == sorted({round(v, 6) for v in coarse.encode(recipe)})
+    recipe["models"] = recipe["models"][:1]
+    with pytest.raises(ValueError, match="no value"):
+        _space("ties", "filter").encode(recipe)
