@@ -6,7 +6,8 @@
 
 ``safetensors.safe_open`` is wrapped before anything imports it; mergekit, transformers and the
 floor script all read weights through it, so the first ``get_tensor``/``get_slice`` call is the
-first weight read. Marks are epoch seconds (``start``, ``first_read``) so the parent can subtract
+first weight read. hpc_merge reads merge inputs with ``os.preadv``
+(``hpc_merge/mergekit_adapter/reader.py``), which is wrapped too. Marks are epoch seconds (``start``, ``first_read``) so the parent can subtract
 its own launch time. Only this file is imported up front, so the probe costs a few milliseconds.
 """
 
@@ -68,6 +69,16 @@ def _install() -> None:
         return _Handle(real(*args, **kwargs))
 
     safetensors.safe_open = safe_open
+    real_preadv = os.preadv
+
+    def preadv(*args, **kwargs):
+        global _seen
+        if not _seen:
+            _seen = True
+            _mark("first_read")
+        return real_preadv(*args, **kwargs)
+
+    os.preadv = preadv
 
 
 def main() -> None:
