@@ -86,13 +86,19 @@ def merge_in_memory(config: dict[str, Any], sources: dict[str, Tensors], options
     from mergekit.merge import _model_out_config
     from mergekit.plan import MergePlanner
 
-    from hpc_merge.mergekit_adapter import merge_options, validate_with_mergekit
+    from hpc_merge.mergekit_adapter import (
+        magnitude_trim,
+        merge_options,
+        sparsify_mode,
+        validate_with_mergekit,
+    )
 
     merge_config = validate_with_mergekit(config)
-    opts = merge_options(options)
+    trim = sparsify_mode(options)  # the same TIES trim as run_mergekit, so memory == disk
+    opts = merge_options({k: v for k, v in options.items() if k != "sparsify"})
     if seed is not None:
         transformers.trainer_utils.set_seed(int(seed))
-    with memory_loaders(merge_config, sources):
+    with magnitude_trim(trim), memory_loaders(merge_config, sources):
         arch = get_architecture_info(merge_config, opts)
         out_cfg = _model_out_config(merge_config, arch, trust_remote_code=opts.trust_remote_code)
         planner = MergePlanner(merge_config, arch, options=opts, out_model_config=out_cfg)

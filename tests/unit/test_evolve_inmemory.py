@@ -28,13 +28,7 @@ def _recipe(method: str) -> dict:
                                                               "density": 0.6, **extra}}]}
 
 
-# ties: run_mergekit trims with the exact-k trim (job.options.sparsify: fast, mergekit_adapter/trim.py),
-# merge_in_memory still with mergekit's argsort, so they differ at magnitudes tied with the threshold until
-# merge_in_memory wraps its executor in mergekit_adapter.magnitude_trim(sparsify_mode(options)).
-KNOWN_TRIM_GAP = pytest.mark.xfail(strict=True, reason="in-memory merge does not install the exact-k trim yet")
-
-
-@pytest.mark.parametrize("method", [pytest.param("ties", marks=KNOWN_TRIM_GAP), "dare_ties", "della"])
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "della"])
 def test_in_memory_equals_disk(method: str, sources, tmp_path: Path) -> None:
     paths, tensors = sources
     config = to_mergekit(_recipe(method), paths)
