@@ -1,7 +1,7 @@
 """Benchmark 2: start-up overhead — command start to first tensor read, and the whole wrapper.
 
-The first-read time comes from ``bench/probe.py`` (safetensors' ``safe_open`` wrapped before
-anything imports it), so the product is measured unchanged. A linear merge is used because it is
+The first-read time comes from ``bench/probe.py`` (safetensors' ``safe_open`` and ``os.preadv``,
+which hpc_merge reads inputs with, wrapped before anything imports them), so the product is measured unchanged. A linear merge is used because it is
 I/O bound: any fixed cost of the wrapper shows against it far more than against TIES.
 Target (issue 9): total wrapper overhead ≤ 5 % of mergekit-yaml.
 """
@@ -66,8 +66,8 @@ def run(ctx: Context) -> list[Table]:
         "does (Hydra composition, recipe and architecture checks, run dir).",
         f"target ≤ 5 % wrapper overhead: {'met' if ours <= 1.05 * mk_total else 'NOT met'} "
         f"({(ours - mk_total) / mk_total:+.1%}); {ctx.reps} interleaved repetitions, medians.",
-        "first read is timed by `bench/probe.py`, which wraps `safetensors.safe_open` before the command "
-        "imports anything; the product runs unchanged.",
+        "first read is timed by `bench/probe.py`, which wraps `safetensors.safe_open` and `os.preadv` "
+        "(hpc_merge's input reader) before the command imports anything; the product runs unchanged.",
     ]
     ctx.shared["overhead_first_read"] = {k: median([s.first_read_s for s in v]) for k, v in res.items()}
     return [t1, t2]
