@@ -2,8 +2,8 @@
 # Set up and run the whole test suite: the unit tier and the integration tier (real SLURM,
 # CLI end to end, zoo training). As root with apt, the local SLURM cluster is installed and
 # started first (scripts/local_slurm.sh); elsewhere the SLURM tests skip with the reason.
-# The quality proofs on the full skills zoo (marker `proof`: zoo training, evolution vs presets,
-# MoE routing on the zoo) take minutes each and run apart: scripts/test.sh -m proof.
+# The evolution proof on the full skills zoo (marker `proof`: evolved recipe vs every hand preset)
+# takes minutes and runs apart: scripts/test.sh -m proof.
 # Extra arguments go to pytest, e.g. scripts/test.sh -m "not integration" for the unit tier only.
 set -euo pipefail
 cd "$(dirname "$0")/.."

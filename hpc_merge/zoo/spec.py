@@ -30,11 +30,11 @@ class ZooSpec:
     seed: int = 0
     task_params: dict = field(default_factory=lambda: {
         "complement": {"min_len": 3, "max_len": 5},
-        "reversal": {"min_len": 3, "max_len": 6},
+        "reversal": {"min_len": 3, "max_len": 5},
         "sorting": {"min_len": 3, "max_len": 6},
         "shift": {"min_len": 3, "max_len": 6},
     })
-    split_sizes: dict = field(default_factory=lambda: {"train": 2000, "validation": 100, "test": 200})
+    split_sizes: dict = field(default_factory=lambda: {"train": 2000, "validation": 400, "test": 400})
     vocab_size: int = 384
     layers: int = 4
     hidden: int = 64
@@ -44,11 +44,11 @@ class ZooSpec:
     batch_size: int = 64
     #: share of each skill's train split in the base's mixture: the base should know every skill
     #: partly (so experts need only small task vectors) but clearly less than its expert does.
-    base_mix: dict = field(default_factory=lambda: {"complement": 0.7, "reversal": 0.45, "sorting": 0.4,
+    base_mix: dict = field(default_factory=lambda: {"complement": 0.45, "reversal": 0.45, "sorting": 0.25,
                                                     "shift": 0.3})
     base_steps: int = 600
     base_lr: float = 3e-3
-    expert_steps: int = 150
+    expert_steps: int = 200
     expert_lr: float = 4e-4
     #: weight of the KL that keeps an expert equal to the base on the other skills (0 = off)
     anchor_weight: float = 1.0
@@ -68,7 +68,9 @@ class ZooSpec:
 SIZES: dict[str, ZooSpec] = {
     "full": ZooSpec(),
     # seconds, not minutes: a weaker base, short unanchored fine-tunes (not meant to merge well)
-    "test": ZooSpec(split_sizes={"train": 1000, "validation": 50, "test": 60}, base_steps=200,
+    "test": ZooSpec(task_params={"complement": {"min_len": 3, "max_len": 5}, "reversal": {"min_len": 3, "max_len": 6},
+                                 "sorting": {"min_len": 3, "max_len": 6}, "shift": {"min_len": 3, "max_len": 6}},
+                    split_sizes={"train": 1000, "validation": 50, "test": 60}, base_steps=200,
                     base_mix={"complement": 1.0, "reversal": 1.0, "sorting": 0.5, "shift": 0.6},
                     expert_steps=80, expert_lr=1e-3, anchor_weight=0.0),
 }

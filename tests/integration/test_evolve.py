@@ -103,7 +103,7 @@ def test_evolved_recipe_beats_the_best_hand_preset(tmp_path: Path) -> None:
     search = f"hydra.searchpath=[file://{run_dir / 'conf'}]"
     dry = run_cli(exp, search, "job.dry_run=true", "logger=none")
     assert dry.returncode == 0, dry.stderr[-2000:]
-    assert "merge_method: ties" in dry.stdout
+    assert f"merge_method: {res['best']['recipe']['merge_method']}" in dry.stdout
 
 
 def _kill_after_generation(args: list[str], gen: int, run_dir_hint: Path) -> None:
@@ -159,3 +159,28 @@ def test_generations_run_as_slurm_arrays(slurm_profile: dict, tmp_path: Path) ->
     assert [a.split("-")[1] for a in arrays] == ["search", "search", "test"]  # one array per generation
     for name in arrays[:2]:  # 4 candidates, 2 per array task: 2 tasks, each with its result
         assert len(list((tmp_path / "run" / "slurm_evolve" / name).glob("*_*/*_result.pkl"))) == 2
+
+
+def test_evolve_stem_preset_runs_here_and_final_merge_loads(_logs_dir: Path) -> None:
+    """The seed's evol_config (TIES per filter, bf16, stem_focused baseline, final merge on) runs
+    end to end on the test zoo: the best is merged to ``final/``, loads in transformers, and the
+    merge report of the final model is written beside the search results."""
+    from transformers import AutoModelForCausalLM
+
+    proc = run_cli("+experiment=evolve_stem", "models=zoo_test", "evolve.fitness.size=test", "evolve.fitness.limit=20",
+                   "evolve.population=4", "evolve.budget.max_evaluations=8", "evolve.threads_per_worker=1",
+                   "logger=wandb", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = _run_dir(proc.stdout)
+    res = _result(run_dir)
+    assert res["status"] == "ok" and res["evaluations"] == 8 and res["baseline"]["status"] == "ok"
+    assert res["best"]["recipe"]["merge_method"] == "ties"
+    genes = res["best"]["recipe"]["models"][0]["parameters"]["weight"]
+    assert [g["filter"] for g in genes[:2]] == ["self_attn", "mlp"]  # per-filter granularity reached the recipe
+    final = Path(res["final_merge"]["output_model"])
+    assert final == run_dir / "final" and (final / "config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(str(final))
+    assert next(model.parameters()).dtype.is_floating_point
+    report = json.loads((run_dir / "report.json").read_text())
+    assert {r["role"] for r in report["rows"]} == {"base", "source", "merged"}
+    assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
