@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 PRESETS = ("demo", "linear", "balanced", "stem_focused", "high_accuracy", "progressive_density", "experimental_multi")
 
 SMALL = ["models=zoo_test", "evolve.fitness.size=test", "evolve.population=4", "evolve.workers=1",
-         "evolve.budget.max_evaluations=16", "evolve.baseline=null", "merge=linear", "logger=none"]
+         "evolve.budget.max_evaluations=16", "evolve.baseline=null", "merge=linear", "evolve.x0=null", "logger=none"]
 
 
 def _result(run_dir: Path) -> dict:
