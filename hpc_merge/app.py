@@ -95,4 +95,4 @@ def main_guarded(cfg: DictConfig) -> None:
         sys.exit(ConfigError.exit_code)
     except JobFailed as exc:
         print(f"job failed: {exc}", file=sys.stderr)
-        sys.exit(JobFailed.exit_code)
+        sys.exit(exc.exit_code)

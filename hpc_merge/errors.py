@@ -27,6 +27,12 @@ class JobFailed(Exception):
     exit_code = 1
 
 
+class SubmitRefused(JobFailed):
+    """sbatch refused a job (bad partition, GPUs the cluster does not have, ...): nothing ran."""
+
+    exit_code = 2
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean X?)' for the closest choice, or ''."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from hpc_merge import archcheck
 from hpc_merge import mergekit_adapter as mk
 from hpc_merge.atomic import atomic_dir
-from hpc_merge.errors import ConfigError
+from hpc_merge.errors import ConfigError, did_you_mean
 from hpc_merge.models.resolve import resolve_model
 from hpc_merge.status import update_status
 
@@ -35,6 +35,38 @@ def stages_of(recipe: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
     return out
 
 
+def gpu_options_of(cfg: DictConfig, opts: dict[str, Any]) -> dict[str, Any]:
+    """The cluster profile's ``gpu_options`` (job.options a GPU node gets, e.g. ``multi_gpu``),
+    checked now, on the login node, together with ``job.options``."""
+    cluster = cfg.get("cluster")
+    gpu = OmegaConf.to_container(cluster.gpu_options, resolve=True) if cluster is not None and cluster.get("gpu_options") else {}
+    if not isinstance(gpu, dict):
+        raise ConfigError("cluster.gpu_options", "must be a mapping of job.options -> value", "e.g. {multi_gpu: true}")
+    unknown = sorted(set(gpu) - set(opts))
+    if unknown:
+        raise ConfigError("cluster.gpu_options", f"unknown option {unknown[0]!r}{did_you_mean(unknown[0], opts)}",
+                          "use job.options names (multi_gpu, read_to_gpu, device, ...)")
+    if gpu:
+        try:
+            mk.merge_options({**opts, **gpu})
+        except ConfigError as exc:
+            raise ConfigError("cluster.gpu_options", exc.problem, exc.fix) from None
+    return gpu
+
+
+def effective_options(plan: dict[str, Any], has_cuda: bool | None = None) -> dict[str, Any]:
+    """``job.options`` plus, where this node has a GPU (and the device is not pinned to cpu), the
+    profile's ``gpu_options``: one profile serves the CPU login node's dry run and the GPU job."""
+    opts = dict(plan["options"])
+    if has_cuda is None:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    if plan.get("gpu_options") and has_cuda and opts.get("device", "auto") != "cpu":
+        opts.update(plan["gpu_options"])
+    return opts
+
+
 def validate(cfg: DictConfig) -> dict[str, Any]:
     """Schema, model resolution, architecture check, mergekit's own validation, resource estimate."""
     if cfg.get("merge") is None:
@@ -42,6 +74,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     recipe = OmegaConf.to_container(cfg.merge, resolve=True)
     opts = OmegaConf.to_container(cfg.job.options, resolve=True)
     mk.merge_options(opts)  # option errors now, not in the job
+    gpu_options = gpu_options_of(cfg, opts)
     if cfg.get("output") and Path(str(cfg.output)).exists() and any(Path(str(cfg.output)).iterdir()) \
             and not cfg.get("force"):
         raise ConfigError("output", f"{cfg.output} exists and is not empty", "choose a new folder or pass force=true")
@@ -73,7 +106,8 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         all_paths.update(paths)
         done.append(name)
     est = _estimate(stages, opts)
-    return {"stages": stages, "findings": findings, "estimate": est, "options": opts, "inputs": all_paths}
+    return {"stages": stages, "findings": findings, "estimate": est, "options": opts, "gpu_options": gpu_options,
+            "inputs": all_paths}
 
 
 def _estimate(stages: list[dict[str, Any]], opts: dict[str, Any]) -> dict[str, float]:
@@ -127,7 +161,7 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
                           throughput_mb_s=read / elapsed / 1e6, eta_s=elapsed * (1 - frac) / max(frac, 1e-6))
 
         with atomic_dir(stage_out[st["name"]], overwrite=True) as tmp:
-            mk.run_mergekit(config, tmp, plan["options"], progress=progress)
+            mk.run_mergekit(config, tmp, effective_options(plan), progress=progress)
             from hpc_merge.modelcard import write_card
 
             write_card(tmp, f"{cfg.get('name', 'merge')} ({st['name']})", st["recipe"],

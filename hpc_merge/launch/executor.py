@@ -20,7 +20,7 @@ GENERIC_FIELDS = ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "
 #: cluster fields that become ``slurm_<name>`` parameters
 SLURM_FIELDS = ("partition", "account", "qos", "constraint", "signal_delay_s", "array_parallelism")
 #: fields that are not executor parameters but belong to the schema
-OTHER_FIELDS = ("kind", "wait", "setup", "additional_parameters", "env", "hf_home")
+OTHER_FIELDS = ("kind", "wait", "setup", "additional_parameters", "env", "hf_home", "gpu_options")
 KNOWN_FIELDS = frozenset(GENERIC_FIELDS + SLURM_FIELDS + OTHER_FIELDS)
 KINDS = ("local", "slurm")
 
@@ -39,6 +39,10 @@ def check_cluster(cluster: dict[str, Any]) -> None:
     if not isinstance(extra, dict):
         raise ConfigError("cluster.additional_parameters", "must be a mapping of sbatch option -> value",
                           "e.g. cluster.additional_parameters={mail-type: END}")
+    gpu = cluster.get("gpu_options") or {}
+    if not isinstance(gpu, dict):
+        raise ConfigError("cluster.gpu_options", "must be a mapping of job.options -> value",
+                          "e.g. cluster.gpu_options={multi_gpu: true}")
     setup = cluster.get("setup") or []
     if not isinstance(setup, list | tuple):
         raise ConfigError("cluster.setup", "must be a list of shell lines", 'e.g. ["module load cuda/12.1"]')

@@ -5,15 +5,17 @@ did not succeed: a result is returned only when the job wrote one.
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
-from hpc_merge.errors import JobFailed
+from hpc_merge.errors import JobFailed, SubmitRefused
 from hpc_merge.launch.executor import job_env, make_executor
 from hpc_merge.launch.logtail import LogFollower, tail_text
 from hpc_merge.launch.runner import JobRunner
@@ -28,12 +30,32 @@ Stream = Callable[[str], Any]
 PREEMPTED_GRACE_S = 60.0
 
 
+@contextlib.contextmanager
+def refused_as_error() -> Iterator[None]:
+    """sbatch's refusal (a ``CalledProcessError`` deep in submitit) -> one line naming what sbatch
+    said and where to look, instead of a traceback."""
+    try:
+        yield
+    except FailedJobError as exc:  # submitit's wrapper around sbatch's stderr
+        said = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "no message")
+        raise SubmitRefused(f"sbatch refused the job: {said} — fix: check the cluster profile (partition, "
+                            "gpus_per_node, constraint, mem_gb) against `sinfo -o '%P %G %f %m'`") from None
+    except subprocess.CalledProcessError as exc:
+        out = (exc.stderr or exc.output or b"")
+        text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+        said = next((ln.strip() for ln in text.splitlines() if ln.strip()),
+                    f"exit status {exc.returncode} (sbatch's own message is printed just above)")
+        raise SubmitRefused(f"sbatch refused the job: {said} — fix: check the cluster profile (partition, "
+                            "gpus_per_node, constraint, mem_gb) against `sinfo -o '%P %G %f %m'`") from None
+
+
 def submit_job(cluster: dict[str, Any], run_dir: Path, kind: str, cfg: dict[str, Any]) -> submitit.Job:
     """Submit job ``kind`` on ``cfg`` (a plain dict); its submitit files go to ``run_dir/slurm/``."""
     run_dir = Path(run_dir)
     name = f"{kind}-{cfg.get('name') or run_dir.name}"
     executor = make_executor(single_process(cluster), run_dir / "slurm", name)  # one task: one copy of the job
-    job = executor.submit(JobRunner(kind, cfg, str(run_dir), env=job_env(cluster)))
+    with refused_as_error():
+        job = executor.submit(JobRunner(kind, cfg, str(run_dir), env=job_env(cluster)))
     update_status(run_dir, slurm_job_id=str(job.job_id), slurm_state="PENDING",
                   slurm_stdout=str(job.paths.stdout), slurm_stderr=str(job.paths.stderr))
     return job
@@ -186,7 +208,8 @@ def submit_array(cluster: dict[str, Any], folder: Path, name: str, fn: Callable[
     if not items:
         return []
     executor = make_executor(cluster, Path(folder), name)
-    return list(executor.map_array(fn, list(items)))
+    with refused_as_error():
+        return list(executor.map_array(fn, list(items)))
 
 
 def gather(jobs: Sequence[submitit.Job]) -> list[tuple[bool, Any]]:

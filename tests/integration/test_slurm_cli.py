@@ -98,3 +98,14 @@ def test_two_point_multirun_on_submitit_slurm_launcher(slurm_cluster, tiny_pool,
             break
         time.sleep(1)
     assert sacct.count("COMPLETED") == 2, sacct  # one array, two SLURM tasks
+
+
+def test_a_job_sbatch_refuses_is_one_line_and_nothing_runs(slurm_cluster, tiny_pool, tmp_path: Path) -> None:
+    """The 8×A100 profile against the local cluster (no GPUs, no 'gpu' partition): sbatch refuses;
+    the user gets one line with sbatch's reason and the fix, exit 2, no traceback, no result."""
+    proc = run_cli(*TINY, "cluster=slurm_a100", "cluster.setup=[]", "name=refused", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("job failed: sbatch refused the job: ")]
+    assert line and "fix: check the cluster profile" in line[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("logs/**/result.json"))

@@ -88,3 +88,26 @@ def test_local_array_gathers_per_item_failures(tmp_path: Path) -> None:
     (ok0, val0), (ok1, why1) = gather(jobs)
     assert (ok0, val0) == (True, 2.0)
     assert ok1 is False and "ValueError: math domain error" in why1
+
+
+def test_gpu_options_of_the_profile_reach_the_merge_on_a_gpu_node_only(tiny_pool) -> None:
+    """slurm_a100 says multi_gpu: the merge on its GPU node gets it, a CPU node (or device=cpu)
+    does not. No GPU here: the node's CUDA answer is given to ``effective_options``."""
+    from hpc_merge.jobs.merge import effective_options, validate
+
+    plan = validate(compose(["merge=linear", "models=tiny", "cluster=slurm_a100"]))
+    assert plan["gpu_options"] == {"multi_gpu": True}
+    assert effective_options(plan, has_cuda=True)["multi_gpu"] is True
+    assert effective_options(plan, has_cuda=False)["multi_gpu"] is False
+    pinned = validate(compose(["merge=linear", "models=tiny", "cluster=slurm_a100", "job.options.device=cpu"]))
+    assert effective_options(pinned, has_cuda=True)["multi_gpu"] is False
+    assert validate(compose(["merge=linear", "models=tiny"]))["gpu_options"] == {}
+
+
+def test_a_bad_gpu_option_is_a_config_error_naming_the_profile_field(tiny_pool) -> None:
+    from hpc_merge.jobs.merge import validate
+
+    with pytest.raises(ConfigError, match=r"^cluster\.gpu_options"):
+        validate(compose(["merge=linear", "models=tiny", "cluster=slurm_a100", "+cluster.gpu_options.multi_gpuu=true"]))
+    with pytest.raises(ConfigError, match=r"^cluster\.gpu_options"):
+        _ = make_executor({"kind": "local", "gpu_options": [1]}, Path("/tmp/x"), "n")
