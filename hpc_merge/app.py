@@ -36,7 +36,10 @@ def load_mergekit_yaml(cfg: DictConfig) -> None:
     if not isinstance(data, dict):
         raise ConfigError("mergekit_yaml", f"{path} does not hold a mapping", "give a mergekit config file")
     kind = "moe" if "experts" in data else "merge"
-    if kind == "moe" and data.get("gate_mode", "hidden") == "hidden":
+    from hpc_merge.moe.card import OURS_HEADER
+
+    ours = path.read_text().startswith(OURS_HEADER)  # a recipe file hpc_merge wrote for its own router
+    if kind == "moe" and not ours and data.get("gate_mode", "hidden") == "hidden":
         # mergekit-moe's ``hidden`` (its default) is our ``hidden_mergekit``: the file keeps its meaning
         data["gate_mode"] = "hidden_mergekit"
     with open_dict(cfg):

@@ -14,6 +14,10 @@ import yaml
 from hpc_merge.moe.recipe import MoePlan
 
 RECIPE_FILE = "mergekit_moe_config.yml"  # the name mergekit-moe uses, so its tools recognise it
+#: First line of a recipe file whose ``gate_mode: hidden`` is ours (the fitted router): read back
+#: through ``mergekit_yaml=`` it keeps that meaning, while a plain mergekit-moe YAML's ``hidden``
+#: means mergekit's vectors (``hidden_mergekit``, written back as ``hidden``: mergekit's own name).
+OURS_HEADER = "# hpc_merge recipe: gate_mode hidden = hpc_merge's fitted router (mergekit-moe's is hidden_mergekit)"
 CLASSES = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
 
 
@@ -56,4 +60,10 @@ def card_text(plan: MoePlan, info: dict[str, Any]) -> str:
 def write_card(folder: Path, plan: MoePlan, info: dict[str, Any]) -> None:
     """Write README.md and the recipe into ``folder``."""
     (folder / "README.md").write_text(card_text(plan, info))
-    (folder / RECIPE_FILE).write_text(yaml.safe_dump(plan.recipe(), sort_keys=False, allow_unicode=True))
+    recipe = plan.recipe()
+    header = ""
+    if recipe.get("gate_mode") == "hidden_mergekit":
+        recipe["gate_mode"] = "hidden"  # a mergekit-moe config again, exactly
+    elif recipe.get("gate_mode") == "hidden":
+        header = OURS_HEADER + "\n"
+    (folder / RECIPE_FILE).write_text(header + yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))

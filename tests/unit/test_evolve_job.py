@@ -50,7 +50,7 @@ def test_a_failing_candidate_becomes_a_failed_outcome_with_its_reason(tmp_path: 
     from hpc_merge.evolve.worker import CandidateEvaluator
     from hpc_merge.jobs.evolve import validate, worker_spec
 
-    cfg = compose([*TINY, "evolve.method=della", "evolve.baseline=null"])
+    cfg = compose([*TINY, "evolve.method=della", "evolve.baseline=null", "evolve.x0=null"])
     cfg.evolve.parameters = {"weight": [0.2, 1.0], "density": [0.3, 0.8], "epsilon": [0.01, 0.1]}
     plan = validate(cfg)
     evaluator = CandidateEvaluator(worker_spec(plan, tmp_path))

@@ -82,6 +82,25 @@ def test_mergekit_moe_yaml_keeps_mergekit_hidden(tmp_path: Path) -> None:
     assert cfg.job.kind == "moe" and cfg.moe.gate_mode == "hidden_mergekit"
 
 
+def test_recipe_files_keep_their_router_when_read_back(splits, tmp_path: Path) -> None:
+    """The recipe file in an MoE folder: mergekit's vectors are written as mergekit-moe's ``hidden``
+    (a plain mergekit-moe config); ours carry a header, so reading the file back keeps the fitted router."""
+    from omegaconf import OmegaConf
+
+    from hpc_merge.app import load_mergekit_yaml
+    from hpc_merge.moe.card import RECIPE_FILE, write_card
+
+    for mode, back in (("hidden", "hidden"), ("hidden_mergekit", "hidden_mergekit")):
+        folder = tmp_path / mode
+        folder.mkdir()
+        write_card(folder, validate_recipe(_recipe(mode, splits)), {})
+        written = (folder / RECIPE_FILE).read_text()
+        assert ("gate_mode: hidden\n" in written) and (written.startswith("# hpc_merge") == (mode == "hidden"))
+        cfg = OmegaConf.create({"mergekit_yaml": str(folder / RECIPE_FILE), "job": {"kind": "merge"}, "name": "x"})
+        load_mergekit_yaml(cfg)
+        assert cfg.moe.gate_mode == back
+
+
 def test_prompt_gates_through_mergekit_writer(tmp_path: Path) -> None:
     """cheap_embed gates + mergekit's Mixtral writer: builds and loads."""
     from transformers import AutoModelForCausalLM
