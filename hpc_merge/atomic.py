@@ -12,15 +12,21 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON to ``path`` through a temp file in the same folder and ``os.replace``."""
+def write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace`` (0644).
+
+    ``durable``: fsync before the rename, for state a resumed run depends on (evolution state):
+    after a crash the file is the old version or the new one, never empty.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False, default=str)
-            fh.write("\n")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -29,15 +35,14 @@ def write_json(path: str | Path, obj: Any) -> None:
         raise
 
 
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomic JSON write (see :func:`write_bytes`)."""
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
 def write_text(path: str | Path, text: str) -> None:
-    """Atomic text write (same scheme as :func:`write_json`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    """Atomic text write (see :func:`write_bytes`)."""
+    write_bytes(path, text.encode())
 
 
 def fix_permissions(folder: str | Path) -> None:

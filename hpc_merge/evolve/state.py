@@ -8,13 +8,12 @@ previous generation's state or this one's, never a torn file.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from hpc_merge.atomic import write_bytes
 
 STATE_FILE = "state.pkl"
 VERSION = 1
@@ -41,21 +40,9 @@ class EvolutionState:
 
 
 def save_state(run_dir: str | Path, state: EvolutionState) -> Path:
-    """Pickle ``state`` to ``run_dir/state.pkl`` atomically (temp file + fsync + rename)."""
+    """Pickle ``state`` to ``run_dir/state.pkl`` atomically and durably (temp file + fsync + rename)."""
     path = Path(run_dir) / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_bytes(path, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), durable=True)
     return path
 
 
