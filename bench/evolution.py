@@ -70,8 +70,8 @@ def _standin_rate(in_memory: bool, recipes: list[dict[str, Any]]) -> tuple[float
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hpc_merge.evolve.inmemory import load_into, load_tensors, merge_in_memory
     from hpc_merge.mergekit_adapter import run_mergekit, to_mergekit
+    from hpc_merge.mergekit_adapter.inmemory import load_into, load_tensors, merge_in_memory
 
     torch.set_num_threads(2)
     sources = _sources()

@@ -53,7 +53,7 @@ class CandidateEvaluator:
         import torch
 
         from hpc_merge.evaluate import load_model, load_tasks, load_tokenizer
-        from hpc_merge.evolve.inmemory import load_tensors
+        from hpc_merge.mergekit_adapter.inmemory import load_tensors
 
         torch.set_num_threads(max(1, int(spec.threads)))
         self.spec = spec
@@ -82,7 +82,7 @@ class CandidateEvaluator:
         config = self._config(recipe)
         options = {**self.spec.options, "random_seed": int(seed)}
         if self.spec.in_memory:
-            from hpc_merge.evolve.inmemory import load_into, merge_in_memory
+            from hpc_merge.mergekit_adapter.inmemory import load_into, merge_in_memory
 
             load_into(self.model, merge_in_memory(config, self.sources, options, seed=seed))
             t1 = time.time()

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hpc_merge.evolve.inmemory import MemoryLoader, load_into, load_tensors, merge_in_memory
 from hpc_merge.mergekit_adapter import run_mergekit, to_mergekit
+from hpc_merge.mergekit_adapter.inmemory import MemoryLoader, load_into, load_tensors, merge_in_memory
 
 OPTIONS = {"device": "cpu", "random_seed": 7}
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpc_merge.evolve.inmemory import load_tensors, merge_in_memory
 from hpc_merge.evolve.search import WORST, SearchSettings, best_candidate, run_search
 from hpc_merge.evolve.space import SearchSpace
 from hpc_merge.evolve.state import STATE_FILE, load_state, save_state
 from hpc_merge.evolve.worker import failed
 from hpc_merge.mergekit_adapter import to_mergekit
+from hpc_merge.mergekit_adapter.inmemory import load_tensors, merge_in_memory
 
 OPTIONS = {"device": "cpu"}
 

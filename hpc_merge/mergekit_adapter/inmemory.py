@@ -5,9 +5,8 @@ from disk and writing every candidate back costs more than the merge itself. mer
 merge as a graph whose leaves load tensors through a process-wide ``LoaderCache``; installing
 loaders that serve preloaded tensors there lets ``MergePlanner.plan_in_memory`` run the exact
 same per-tensor plan (gradients, filters, dtype, tokenizer alignment) with no file I/O, so a
-candidate merged here equals the one ``run_mergekit`` writes (tested).
-
-mergekit-specific code; it belongs next to ``hpc_merge.mergekit_adapter`` and can move there.
+candidate merged here equals the one ``run_mergekit`` writes (tested). Used by evolution's
+workers; it lives in the adapter because it reaches into mergekit's planner and executor.
 """
 
 from __future__ import annotations
