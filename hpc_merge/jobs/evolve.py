@@ -135,8 +135,9 @@ def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
              + (f", {fit.limit} examples/task" if fit.limit else "") + f"), test report on {fit.test_split}",
              f"# launcher {plan['launcher']}, workers {plan['workers']}, in_memory {plan['in_memory']}"
              + (f"; {plan['per_job']} candidates per SLURM job over {plan['tasks'].describe()}" if plan.get("tasks") else ""),
-             "# centre of the space as a mergekit config:",
-             yaml.safe_dump(mk.to_mergekit(space.decode([0.5] * space.dim), plan["paths"]), sort_keys=False),
+             "# start point (evolve.x0" + (": the centre of the space" if s.x0 is None else "") + ") as a mergekit config:",
+             yaml.safe_dump(mk.to_mergekit(space.decode(list(s.x0) if s.x0 is not None else [0.5] * space.dim),
+                                           plan["paths"]), sort_keys=False),
              "# architecture check: OK", *(f"#   {f}" for f in plan["findings"])]
     return "\n".join(lines)
 
