@@ -28,8 +28,9 @@ def load_mergekit_yaml(cfg: DictConfig) -> None:
     path = Path(str(cfg.mergekit_yaml)).expanduser()
     if not path.is_file():
         raise ConfigError("mergekit_yaml", f"file {path} not found", "give the path of an existing mergekit YAML")
+    text = path.read_text()
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError("mergekit_yaml", f"{path} is not valid YAML ({str(exc).splitlines()[0]})",
                           "fix the YAML syntax") from None
@@ -38,7 +39,7 @@ def load_mergekit_yaml(cfg: DictConfig) -> None:
     kind = "moe" if "experts" in data else "merge"
     from hpc_merge.moe.card import OURS_HEADER
 
-    ours = path.read_text().startswith(OURS_HEADER)  # a recipe file hpc_merge wrote for its own router
+    ours = text.startswith(OURS_HEADER)  # a recipe file hpc_merge wrote for its own router
     if kind == "moe" and not ours and data.get("gate_mode", "hidden") == "hidden":
         # mergekit-moe's ``hidden`` (its default) is our ``hidden_mergekit``: the file keeps its meaning
         data["gate_mode"] = "hidden_mergekit"

@@ -47,6 +47,10 @@ class SearchSettings:
     max_time_s: float | None = None
     x0: tuple[float, ...] | None = None  # initial mean in the unit cube; default its centre
 
+    def start(self, dim: int) -> list[float]:
+        """Where the search starts in the unit cube: ``x0``, else the centre of the box."""
+        return list(self.x0) if self.x0 is not None else [0.5] * dim
+
     def fingerprint(self, space: SearchSpace, extra: dict[str, Any] | None = None) -> str:
         """Hash of everything that shapes the search trajectory (not the budget: it may grow)."""
         data = {"space": asdict(space), "population": self.population, "sigma0": self.sigma0,
@@ -59,7 +63,7 @@ def new_state(space: SearchSpace, settings: SearchSettings, fingerprint: str) ->
     import cma
     import numpy as np
 
-    x0 = list(settings.x0) if settings.x0 is not None else [0.5] * space.dim
+    x0 = settings.start(space.dim)
     opts = {"bounds": [0.0, 1.0], "popsize": int(settings.population), "seed": int(settings.seed) + 1,
             "verbose": -9, "tolflatfitness": 10**6, "tolfun": 0.0, "tolfunhist": 0.0}
     es = cma.CMAEvolutionStrategy(x0, float(settings.sigma0), opts)
@@ -124,7 +128,7 @@ def run_search(space: SearchSpace, settings: SearchSettings, run_dir: str | Path
         t0 = time.time()
         np.random.set_state(state.rng)  # cma samples from numpy's global RNG; evaluation may reseed it
         if state.generation == 0:  # the start point is itself a candidate: the best is never worse than it
-            start = np.array(settings.x0 if settings.x0 is not None else [0.5] * space.dim, dtype=float)
+            start = np.array(settings.start(space.dim), dtype=float)
             state.es.inject([state.es.boundary_handler.inverse(start)], force=True)
         xs = state.es.ask()
         rng_after_ask = np.random.get_state()

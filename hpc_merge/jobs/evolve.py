@@ -79,11 +79,11 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if int(ev.get("workers") or 1) < 1:
         raise ConfigError("evolve.workers", "must be >= 1", "set evolve.workers=1")
     tasks, per_job = None, int(ev.get("candidates_per_job") or 1)
+    cluster = OmegaConf.to_container(cfg.cluster, resolve=True) if launcher == "slurm" else {}
     if launcher == "slurm":  # candidates spread one per GPU (or CPU task) of each job: checked before submitting
         from hpc_merge.evolve.launchers import slurm_tasks
 
-        tasks, per_job = slurm_tasks(OmegaConf.to_container(cfg.cluster, resolve=True), ev.get("candidates_per_job"),
-                                     ev.get("gpus_per_candidate", 1))
+        tasks, per_job = slurm_tasks(cluster, ev.get("candidates_per_job"), ev.get("gpus_per_candidate", 1))
     mk.merge_options(OmegaConf.to_container(cfg.job.options, resolve=True) if cfg.job.get("options") else {})
     refs = {"evolve.base_model": space.base_model} if space.base_model else {}
     refs.update({f"evolve.models[{i}]": m for i, m in enumerate(space.models)})
@@ -113,7 +113,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if tasks is not None:  # every task of a candidate job holds its own copy of the models
         from hpc_merge.evolve.launchers import check_memory
 
-        check_memory(tasks, OmegaConf.to_container(cfg.cluster, resolve=True), paths, donor, bool(ev.get("in_memory", True)))
+        check_memory(tasks, cluster, paths, donor, bool(ev.get("in_memory", True)))
     return {"space": space, "fitness": fitness, "settings": settings, "paths": paths, "donor": donor,
             "findings": findings, "baseline": baseline, "launcher": launcher, "options": options,
             "workers": int(ev.get("workers") or 1), "threads": int(ev.get("threads_per_worker") or 1),
@@ -136,8 +136,7 @@ def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
              f"# launcher {plan['launcher']}, workers {plan['workers']}, in_memory {plan['in_memory']}"
              + (f"; {plan['per_job']} candidates per SLURM job over {plan['tasks'].describe()}" if plan.get("tasks") else ""),
              "# start point (evolve.x0" + (": the centre of the space" if s.x0 is None else "") + ") as a mergekit config:",
-             yaml.safe_dump(mk.to_mergekit(space.decode(list(s.x0) if s.x0 is not None else [0.5] * space.dim),
-                                           plan["paths"]), sort_keys=False),
+             yaml.safe_dump(mk.to_mergekit(space.decode(s.start(space.dim)), plan["paths"]), sort_keys=False),
              "# architecture check: OK", *(f"#   {f}" for f in plan["findings"])]
     return "\n".join(lines)
 

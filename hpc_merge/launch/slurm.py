@@ -36,15 +36,14 @@ def refused_as_error() -> Iterator[None]:
     said and where to look, instead of a traceback."""
     try:
         yield
-    except FailedJobError as exc:  # submitit's wrapper around sbatch's stderr
-        said = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "no message")
-        raise SubmitRefused(f"sbatch refused the job: {said} — fix: check the cluster profile (partition, "
-                            "gpus_per_node, constraint, mem_gb) against `sinfo -o '%P %G %f %m'`") from None
-    except subprocess.CalledProcessError as exc:
-        out = (exc.stderr or exc.output or b"")
-        text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
-        said = next((ln.strip() for ln in text.splitlines() if ln.strip()),
-                    f"exit status {exc.returncode} (sbatch's own message is printed just above)")
+    except (FailedJobError, subprocess.CalledProcessError) as exc:
+        if isinstance(exc, FailedJobError):  # submitit's wrapper around sbatch's stderr
+            text, fallback = str(exc), "no message"
+        else:
+            out = exc.stderr or exc.output or b""
+            text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+            fallback = f"exit status {exc.returncode} (sbatch's own message is printed just above)"
+        said = next((ln.strip() for ln in text.splitlines() if ln.strip()), fallback)
         raise SubmitRefused(f"sbatch refused the job: {said} — fix: check the cluster profile (partition, "
                             "gpus_per_node, constraint, mem_gb) against `sinfo -o '%P %G %f %m'`") from None
 

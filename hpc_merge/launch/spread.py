@@ -189,13 +189,12 @@ class TaskShare:
 
 def submit(cluster: dict[str, Any], plan: TaskPlan, folder: Path, name: str,
            fn: Callable[[list[Any]], list[Any]], batches: Sequence[Batch]) -> list[submitit.Job]:
-    """One job per batch (a job array when several), each of ``plan.tasks`` tasks sharing its batch."""
-    if not batches:
-        return []
-    from hpc_merge.launch.executor import make_executor
+    """One job per batch (a job array when several), each of ``plan.tasks`` tasks sharing its batch;
+    submitted like every array (:func:`hpc_merge.launch.slurm.submit_array`: sbatch refusals are one line)."""
+    from hpc_merge.launch.slurm import submit_array
 
-    executor = make_executor(plan.job_cluster(cluster), Path(folder), name)
-    return list(executor.map_array(TaskShare(fn, plan.gpus_per_task), [list(b) for b in batches]))
+    return submit_array(plan.job_cluster(cluster), Path(folder), name, TaskShare(fn, plan.gpus_per_task),
+                        [list(b) for b in batches])
 
 
 def gather(jobs: Sequence[submitit.Job], batches: Sequence[Batch]) -> list[list[tuple[bool, Any]]]:
