@@ -74,10 +74,14 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         return None
     previous = read_result(run_dir)
     if previous and previous.get("status") == "ok" and not cfg.get("force"):
-        print(f"skipped: this exact config already ran successfully (run {run_dir.name}); "
-              f"use force=true to run it again")
-        print(f"run_dir: {run_dir}")
-        return previous
+        gone = previous.get("output_model") and not Path(previous["output_model"], "config.json").is_file()
+        if not gone:
+            print(f"skipped: this exact config already ran successfully (run {run_dir.name}); "
+                  f"use force=true to run it again")
+            print(f"run_dir: {run_dir}")
+            return previous
+        print(f"run {run_dir.name} ran this exact config, but its output {previous['output_model']} is gone: "
+              "running it again")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     from hpc_merge.launch import launch

@@ -81,18 +81,20 @@ def check_layer_ranges(slices: list[dict[str, Any]], layers_of: dict[str, int], 
                                   f"use a range within [0, {n}]")
 
 
-def estimate(paths: list[Path], out_layers_ratio: float, dtype: str | None, out_shard_bytes: int) -> dict[str, float]:
+def estimate(paths: list[Path], out_layers_ratio: float, dtype: str | None) -> dict[str, float]:
     """Resource estimate: GB read, GB written, peak RAM (GB) of a mergekit merge.
 
     Read = every input's weights once. Written = the donor's size scaled by dtype and depth.
-    Peak RAM ~ one output shard buffered + one tensor per input in flight + ~1 GB runtime.
+    Peak RAM ~ the largest tensor of every input in flight plus the output and one working copy
+    (a bound: row-separable methods merge large tensors in chunks) + ~1 GB runtime. No output shard
+    is buffered: tensors are written as they are merged (``mergekit_adapter/writer.py``).
     """
     sizes = [weight_bytes(p) for p in paths]
     donor_cfg = read_config(paths[0])
     src_bytes = DTYPE_BYTES.get(str(donor_cfg.get("torch_dtype") or donor_cfg.get("dtype") or "bfloat16"), 2)
     out_bytes = sizes[0] * out_layers_ratio * (DTYPE_BYTES.get(dtype or "", src_bytes) / src_bytes)
     tensor = max(largest_tensor_bytes(p) for p in paths)
-    peak = min(out_shard_bytes, out_bytes) + tensor * (len(paths) + 2) + 1e9
+    peak = tensor * (len(paths) + 2) + 1e9
     gb = 1e9
     return {"read_gb": round(sum(sizes) / gb, 3), "write_gb": round(out_bytes / gb, 3), "peak_ram_gb": round(peak / gb, 2),
             "read_bytes": int(sum(sizes)), "write_bytes": int(out_bytes)}

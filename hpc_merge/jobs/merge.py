@@ -105,14 +105,12 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         stages.append({"name": name, "field": field, "recipe": st, "paths": paths})
         all_paths.update(paths)
         done.append(name)
-    est = _estimate(stages, opts)
+    est = _estimate(stages)
     return {"stages": stages, "findings": findings, "estimate": est, "options": opts, "gpu_options": gpu_options,
             "inputs": all_paths}
 
 
-def _estimate(stages: list[dict[str, Any]], opts: dict[str, Any]) -> dict[str, float]:
-    from mergekit.common import parse_kmb
-
+def _estimate(stages: list[dict[str, Any]]) -> dict[str, float]:
     last = stages[-1]
     inputs = [Path(p) for p in dict.fromkeys(p for s in stages for p in s["paths"].values())]
     if not inputs:
@@ -121,7 +119,7 @@ def _estimate(stages: list[dict[str, Any]], opts: dict[str, Any]) -> dict[str, f
     slices = last["recipe"].get("slices")
     ratio = sum(s["sources"][0]["layer_range"][1] - s["sources"][0]["layer_range"][0] for s in slices) / donor_layers \
         if slices else 1.0
-    return archcheck.estimate(inputs, ratio, last["recipe"].get("dtype"), parse_kmb(opts.get("out_shard_size") or "5B"))
+    return archcheck.estimate(inputs, ratio, last["recipe"].get("dtype"))
 
 
 def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:

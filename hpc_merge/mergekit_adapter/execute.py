@@ -18,7 +18,8 @@ def merge_options(options: dict[str, Any]) -> Any:
     """``job.options`` -> ``MergeOptions`` (device ``auto`` picks cuda when there is a GPU).
 
     Our own options are checked and removed here (mergekit's pydantic model would reject them):
-    ``device: auto`` and ``sparsify`` (see :mod:`hpc_merge.mergekit_adapter.trim`).
+    ``device: auto``, ``sparsify`` (see :mod:`hpc_merge.mergekit_adapter.trim`) and ``chunk_size``
+    (see :mod:`hpc_merge.mergekit_adapter.chunked`).
     """
     import torch
     from mergekit.common import parse_kmb
@@ -26,7 +27,9 @@ def merge_options(options: dict[str, Any]) -> Any:
 
     opts = dict(options)
     sparsify_mode(opts)
+    chunk_size(opts)
     opts.pop("sparsify", None)
+    opts.pop("chunk_size", None)
     if opts.get("out_shard_size") is not None:
         try:
             opts["out_shard_size"] = parse_kmb(str(opts["out_shard_size"]))
@@ -46,6 +49,23 @@ def merge_options(options: dict[str, Any]) -> Any:
     except Exception as exc:
         msg = str(exc).strip().splitlines()
         raise ConfigError("job.options", f"mergekit rejects the options: {' '.join(msg[:3])}", "fix job.options") from None
+
+
+def chunk_size(options: dict[str, Any]) -> int:
+    """``job.options.chunk_size`` in bytes (null = 16M; 0 = merge every tensor whole), checked."""
+    from mergekit.common import parse_kmb
+
+    from hpc_merge.mergekit_adapter.chunked import DEFAULT_CHUNK_SIZE
+
+    raw = options.get("chunk_size")
+    try:
+        size = parse_kmb(str(DEFAULT_CHUNK_SIZE if raw is None else raw))
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise ConfigError("job.options.chunk_size", f"bad size {raw!r}",
+                          "use bytes with an optional K/M/B suffix, e.g. 16M, or 0 to merge whole tensors")
+    return size
 
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -89,16 +109,23 @@ def run_mergekit(config: dict[str, Any], out_dir: Path, options: dict[str, Any],
     import mergekit.merge
     from mergekit.io.tasks import LoaderCache
 
+    from hpc_merge.mergekit_adapter.chunked import chunk_large_tensors
+    from hpc_merge.mergekit_adapter.writer import stream_writes
+
     merge_config = validate_with_mergekit(config)
     mk_options = merge_options(options)
+    on_cpu = mk_options.device == "cpu" and not mk_options.multi_gpu and not mk_options.read_to_gpu
+    chunk_bytes = chunk_size(options) if on_cpu else 0
     LoaderCache.loaders.clear()  # inputs may have been rewritten since an earlier merge in this process
     real_tqdm, real_out_config = mergekit.graph.tqdm, mergekit.merge._model_out_config
     if progress is not None:
         mergekit.graph.tqdm = types.SimpleNamespace(tqdm=_ProgressTqdm(progress).tqdm)
     mergekit.merge._model_out_config = _with_layer_types_fixed(real_out_config)
     try:
-        # exact-k O(n) trim unless sparsify: mergekit; inputs read, not kept mapped (peak RSS)
-        with magnitude_trim(sparsify_mode(options)), pread_inputs():
+        # exact-k O(n) trim unless sparsify: mergekit; for peak RSS: inputs read, not kept mapped,
+        # the largest tensors merged in row chunks, each output tensor written as soon as it is merged
+        trim = sparsify_mode(options)
+        with magnitude_trim(trim), pread_inputs(), chunk_large_tensors(chunk_bytes, trim), stream_writes():
             mergekit.merge.run_merge(merge_config, str(out_dir), options=mk_options)
     except SystemExit as exc:  # mergekit calls sys.exit on some bad configs
         raise RuntimeError(f"mergekit exited ({exc.code}) on this recipe") from None

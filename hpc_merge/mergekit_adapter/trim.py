@@ -53,6 +53,16 @@ def sparsify_mode(options: dict[str, Any]) -> str:
     return str(mode)
 
 
+def _pick(counts: torch.Tensor, k: int) -> tuple[int, int]:
+    """``(digit, above)``: the digit holding the k-th largest element of a histogram, and how many lie above it."""
+    import torch
+
+    at_least = counts.flip(0).cumsum(0)  # at_least[j] = #elements with digit >= len - 1 - j
+    j = int(torch.searchsorted(at_least, k))
+    above = int(at_least[j - 1]) if j > 0 else 0
+    return counts.numel() - 1 - j, above
+
+
 def _kth_largest_bits16(bits: torch.Tensor, k: int) -> tuple[int, int]:
     """``(threshold, above)``: the k-th largest of non-negative 15-bit patterns, and how many exceed it.
 
@@ -61,11 +71,7 @@ def _kth_largest_bits16(bits: torch.Tensor, k: int) -> tuple[int, int]:
     """
     import torch
 
-    counts = torch.bincount(bits, minlength=1 << 15)  # int16 directly: no 4-byte copy per element
-    at_least = counts.flip(0).cumsum(0)  # at_least[j] = #elements with bits >= 32767 - j
-    j = int(torch.searchsorted(at_least, k))
-    above = int(at_least[j - 1]) if j > 0 else 0
-    return (1 << 15) - 1 - j, above
+    return _pick(torch.bincount(bits, minlength=1 << 15), k)  # int16 directly: no 4-byte copy per element
 
 
 def magnitude_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
@@ -97,9 +103,18 @@ def magnitude_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
 
 
 def exact_magnitude(tensor: torch.Tensor, density: float, rescale_norm: Any = None) -> torch.Tensor:
-    """Drop-in for ``mergekit.sparsify.magnitude`` (same signature, same edge cases and rescaling)."""
+    """Drop-in for ``mergekit.sparsify.magnitude`` (same signature, same edge cases and rescaling).
+
+    Inside a chunked merge (:mod:`~hpc_merge.mergekit_adapter.chunk_trim`) the call is one row chunk
+    of a larger task vector: the streamed trim applies the whole tensor's threshold instead.
+    """
     import torch
     from mergekit.sparsify import rescaled_masked_tensor
+
+    from hpc_merge.mergekit_adapter.chunk_trim import ACTIVE
+
+    if (stream := ACTIVE.get()) is not None:
+        return stream.trim(tensor, density, rescale_norm)
 
     if density >= 1:
         return tensor

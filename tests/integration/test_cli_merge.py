@@ -56,6 +56,11 @@ def test_preset_on_tiny_pool_end_to_end(tiny_pool, tmp_path: Path) -> None:
     assert again.returncode == 0 and "skipped" in again.stdout and _run_dir(again) == run_dir
     forced = run_cli("+experiment=stem_focused", "models=tiny", "force=true", "logger=none", cwd=tmp_path)
     assert forced.returncode == 0 and "skipped" not in forced.stdout
+    # a deleted output is not "already done": the same config merges it again
+    shutil.rmtree(result["output_model"])
+    redo = run_cli("+experiment=stem_focused", "models=tiny", "logger=none", cwd=tmp_path)
+    assert redo.returncode == 0 and "skipped" not in redo.stdout and "is gone" in redo.stdout
+    assert Path(result["output_model"], "config.json").is_file()
 
 
 @pytest.mark.parametrize("preset", ["balanced", "high_accuracy", "progressive_density", "experimental_multi"])

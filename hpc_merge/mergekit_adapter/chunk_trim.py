@@ -1,0 +1,172 @@
+"""The exact-k TIES trim of a tensor that is only ever seen in row chunks.
+
+Why: TIES keeps the ``k = max(1, int(density · n))`` largest magnitudes of each task vector over
+the *whole* tensor. Trimming each row chunk on its own would keep a different set, so the chunked
+merge (:mod:`hpc_merge.mergekit_adapter.chunked`) first streams the chunks to find every task
+vector's threshold, then streams them again applying it.
+
+How: the threshold is found by radix selection on the magnitudes' bit patterns (non-negative floats
+order like their bits): 16-bit floats in one pass of a 32768-bin histogram, float32 in two passes
+(top 15 bits, then the low 16 bits among the elements whose top bits hit the threshold). While
+applying, elements tied with the threshold are kept in order of lowest flat index until there are
+k — row chunks arrive in flat order, so the mask equals :func:`~hpc_merge.mergekit_adapter.trim.magnitude_mask`
+on the whole tensor, bit for bit (tested).
+
+mergekit's method calls ``mergekit.sparsify.magnitude`` once per task vector, in input order, for
+every chunk; while a :class:`StreamingTrim` is active (:func:`streaming`), the installed exact trim
+hands those calls to it. In a recording pass the call after the last task vector's histogram raises
+:class:`ChunkRecorded` so the rest of the method is not computed for nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hpc_merge.mergekit_adapter.trim import _pick
+
+if TYPE_CHECKING:
+    import torch
+
+# (shift, width) of each radix digit, most significant first, for 15- and 31-bit magnitude keys
+_DIGITS = {15: ((0, 15),), 31: ((16, 15), (0, 16))}
+
+ACTIVE: contextvars.ContextVar[StreamingTrim | None] = contextvars.ContextVar("hpc_merge_chunk_trim", default=None)
+
+
+class ChunkRecorded(Exception):
+    """Raised inside the merge method once every task vector of a chunk is recorded (nothing to compute)."""
+
+
+class NotStreamable(Exception):
+    """The chunk's dtype has no streamed selection here (float64): merge the tensor whole instead."""
+
+
+def magnitude_keys(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(keys, bits)``: the magnitudes' bit patterns as integers that order like the magnitudes."""
+    import torch
+
+    mag = tensor.abs().reshape(-1)
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        return mag.view(torch.int16), 15
+    if tensor.dtype == torch.float32:
+        return mag.view(torch.int32), 31
+    raise NotStreamable(str(tensor.dtype))
+
+
+@dataclass
+class _Entry:
+    """One task vector's selection state: digits fixed so far, then its threshold and tie budget."""
+
+    density: float
+    k: int
+    bits: int = 0
+    level: int = 0
+    prefix: int = 0
+    above: int = 0
+    counts: Any = None
+    remaining_ties: int = 0
+
+    @property
+    def trivial(self) -> bool:
+        return self.density >= 1 or self.density <= 0
+
+    @property
+    def settled(self) -> bool:
+        return self.trivial or (self.bits > 0 and self.level == len(_DIGITS[self.bits]))
+
+    def record(self, tensor: torch.Tensor) -> None:
+        import torch
+
+        keys, bits = magnitude_keys(tensor)
+        if self.bits and bits != self.bits:
+            raise NotStreamable("dtype changed between chunks")
+        self.bits = bits
+        shift, width = _DIGITS[bits][self.level]
+        if self.level:
+            keys = keys[(keys >> (shift + width)) == self.prefix]
+        digits = keys >> shift if shift else keys
+        if width == 16:
+            digits = digits & 0xFFFF
+        counts = torch.bincount(digits, minlength=1 << width)
+        self.counts = counts if self.counts is None else self.counts + counts
+
+    def end_pass(self) -> None:
+        if self.settled:
+            return
+        _shift, width = _DIGITS[self.bits][self.level]
+        digit, above = _pick(self.counts, self.k - self.above)
+        self.above += above
+        self.prefix = (self.prefix << width) | digit
+        self.level += 1
+        self.counts = None
+        if self.settled:
+            self.remaining_ties = self.k - self.above
+
+    def mask(self, tensor: torch.Tensor) -> torch.Tensor:
+        keys, _bits = magnitude_keys(tensor)
+        keep = keys > self.prefix
+        if self.remaining_ties > 0:
+            ties = (keys == self.prefix).nonzero().squeeze(1)[: self.remaining_ties]
+            keep[ties] = True
+            self.remaining_ties -= ties.numel()
+        return keep.view(tensor.shape)
+
+
+@dataclass
+class StreamingTrim:
+    """Exact-k trims of ``n_vectors`` task vectors of ``numel`` elements each, seen chunk by chunk."""
+
+    n_vectors: int
+    numel: int
+    entries: list[_Entry] = field(default_factory=list)
+    recording: bool = True
+    calls: int = 0
+
+    def needs_pass(self) -> bool:
+        """True while some task vector's threshold is not known yet (call before each recording pass)."""
+        return not self.entries or not all(e.settled for e in self.entries)
+
+    def end_pass(self) -> None:
+        """Fix one more digit of every threshold; once all are settled, later calls apply them."""
+        for entry in self.entries:
+            entry.end_pass()
+        self.calls = 0
+        self.recording = self.needs_pass()
+
+    def trim(self, tensor: torch.Tensor, density: float, rescale_norm: Any = None) -> torch.Tensor:
+        """Stands in for the trim of one task vector's chunk (the i-th call of a chunk = vector i)."""
+        import torch
+        from mergekit.sparsify import rescaled_masked_tensor
+
+        index = self.calls % self.n_vectors
+        self.calls += 1
+        if len(self.entries) <= index:
+            self.entries.append(_Entry(density, max(1, int(density * self.numel))))
+        entry = self.entries[index]
+        if self.recording:
+            if not entry.settled:
+                entry.record(tensor)
+            if index == self.n_vectors - 1:
+                raise ChunkRecorded
+            return tensor
+        if density >= 1:
+            return tensor
+        if density <= 0:
+            return torch.zeros_like(tensor)
+        if rescale_norm is not None:
+            raise NotStreamable("rescale needs the whole tensor's norm")
+        return rescaled_masked_tensor(tensor, entry.mask(tensor).to(tensor.dtype), None)
+
+
+@contextlib.contextmanager
+def streaming(state: StreamingTrim) -> Iterator[StreamingTrim]:
+    """Route the exact trim's calls to ``state`` inside the block."""
+    token = ACTIVE.set(state)
+    try:
+        yield state
+    finally:
+        ACTIVE.reset(token)

@@ -1,0 +1,124 @@
+"""Row-chunked merging of large tensors (``mergekit_adapter/chunked.py``) equals whole-tensor merging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hpc_merge import mergekit_adapter as mk
+from hpc_merge.errors import ConfigError
+from hpc_merge.mergekit_adapter import chunked
+from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, StreamingTrim, streaming
+from hpc_merge.mergekit_adapter.reader import PreadSafetensors
+from hpc_merge.mergekit_adapter.trim import exact_magnitude, magnitude_mask, magnitude_trim
+
+
+def _streamed_masks(vectors: list[torch.Tensor], densities: list[float], rows: int) -> list[torch.Tensor]:
+    """Masks from the streamed trim fed ``rows`` rows at a time, the way a chunked TIES feeds it."""
+    state = StreamingTrim(n_vectors=len(vectors), numel=vectors[0].numel())
+    bounds = [(a, min(a + rows, vectors[0].shape[0])) for a in range(0, vectors[0].shape[0], rows)]
+    with magnitude_trim("fast"), streaming(state):
+        passes = 0
+        while state.needs_pass():
+            passes += 1
+            for a, b in bounds:
+                with pytest.raises(ChunkRecorded):
+                    for v, d in zip(vectors, densities, strict=True):
+                        exact_magnitude(v[a:b], d)
+            state.end_pass()
+        assert passes == (2 if vectors[0].dtype == torch.float32 else 1)
+        outs = [[] for _ in vectors]
+        for a, b in bounds:
+            for i, (v, d) in enumerate(zip(vectors, densities, strict=True)):
+                outs[i].append(exact_magnitude(v[a:b], d) != 0)
+    return [torch.cat(o) for o in outs]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_streamed_trim_keeps_the_whole_tensor_mask(dtype: torch.dtype, rows: int) -> None:
+    """Same kept set as the whole-tensor exact trim, ties at the threshold spread over many chunks."""
+    g = torch.Generator().manual_seed(1)
+    vectors = [(torch.randn(40, 33, generator=g) * 0.02).to(dtype),
+               torch.randint(1, 6, (40, 33), generator=g).to(dtype) * 0.25]  # 5 values: ties everywhere
+    for v in vectors:
+        v[v == 0] = 1e-3  # kept = non-zero in the output
+    densities = [0.37, 0.5]
+    masks = _streamed_masks(vectors, densities, rows)
+    for v, d, m in zip(vectors, densities, masks, strict=True):
+        assert torch.equal(m, magnitude_mask(v, d)), (dtype, rows, d)
+        assert int(m.sum()) == max(1, int(d * v.numel()))
+
+
+def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
+    models = [{"model": str(pool[m]), "parameters": {"weight": w, "density": d}}
+              for m, w, d in (("math", 0.6, 0.35), ("coder", 0.5, 0.6), ("science", 0.4, 0.5))]
+    if method == "linear":
+        models = [{"model": str(pool["base"]), "parameters": {"weight": 0.3}}] + [
+            {"model": m["model"], "parameters": {"weight": m["parameters"]["weight"]}} for m in models]
+        return {"merge_method": "linear", "dtype": dtype, "models": models}
+    if method == "nearswap":
+        return {"merge_method": "nearswap", "base_model": str(pool["base"]), "dtype": dtype,
+                "parameters": {"t": 0.001}, "models": [{"model": str(pool["math"])}]}
+    if method == "task_arithmetic":
+        models = [{"model": m["model"], "parameters": {"weight": m["parameters"]["weight"]}} for m in models]
+    return {"merge_method": method, "base_model": str(pool["base"]), "dtype": dtype, "models": models}
+
+
+@pytest.mark.parametrize("method,dtype", [("linear", "bfloat16"), ("task_arithmetic", "bfloat16"),
+                                          ("ties", "bfloat16"), ("ties", "float32"), ("nearswap", "float32")])
+def test_chunked_merge_is_bit_identical_to_whole_tensors(tiny_pool, tmp_path: Path, method: str, dtype: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1 KB chunk size splits every matrix into many row chunks; the saved model is the same bytes."""
+    calls: list[tuple[int, ...]] = []
+    real = chunked.ChunkedMerge.execute
+
+    def counting(self, **kw):
+        calls.append(self.shape)
+        return real(self, **kw)
+
+    monkeypatch.setattr(chunked.ChunkedMerge, "execute", counting)
+    recipe = _tiny_recipe(tiny_pool, method, dtype)
+    mk.run_mergekit(recipe, tmp_path / "whole", {"device": "cpu", "chunk_size": 0})
+    assert calls == []
+    mk.run_mergekit(recipe, tmp_path / "chunked", {"device": "cpu", "chunk_size": "1K"})
+    assert any(shape[0] >= 64 for shape in calls)  # the embedding and the MLP matrices went through
+    whole, parts = (load_file(tmp_path / d / "model.safetensors") for d in ("whole", "chunked"))
+    assert whole.keys() == parts.keys()
+    for key in whole:
+        assert torch.equal(whole[key], parts[key]), key
+
+
+def test_methods_needing_the_whole_tensor_are_not_chunked(tiny_pool, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """slerp (norms of the whole tensor) and TIES with mergekit's own trim keep whole-tensor merges."""
+    calls: list[str] = []
+    monkeypatch.setattr(chunked.ChunkedMerge, "execute", lambda self, **kw: calls.append("x"))
+    slerp = {"merge_method": "slerp", "base_model": str(tiny_pool["base"]), "dtype": "bfloat16",
+             "parameters": {"t": 0.3}, "models": [{"model": str(tiny_pool["base"])}, {"model": str(tiny_pool["math"])}]}
+    mk.run_mergekit(slerp, tmp_path / "slerp", {"device": "cpu", "chunk_size": "1K"})
+    ties = _tiny_recipe(tiny_pool, "ties", "bfloat16")
+    mk.run_mergekit(ties, tmp_path / "ties", {"device": "cpu", "chunk_size": "1K", "sparsify": "mergekit"})
+    assert calls == []
+
+
+def test_get_rows_reads_row_ranges(tmp_path: Path) -> None:
+    """Any row range of any dtype equals the slice of the whole tensor."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(9, 4, 3, generator=g).to(torch.bfloat16), "b": torch.randn(5, generator=g)}
+    save_file(tensors, str(tmp_path / "t.safetensors"))
+    reader = PreadSafetensors(str(tmp_path / "t.safetensors"))
+    for key, t in tensors.items():
+        for a, b in ((0, 1), (2, 5), (0, t.shape[0]), (3, 100)):
+            assert torch.equal(reader.get_rows(key, a, b), t[a:b]), (key, a, b)
+    reader.close()
+
+
+def test_bad_chunk_size_is_one_error() -> None:
+    with pytest.raises(ConfigError, match="job.options.chunk_size"):
+        mk.merge_options({"chunk_size": "lots"})

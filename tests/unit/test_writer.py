@@ -1,0 +1,57 @@
+"""The streaming shard writer (``mergekit_adapter/writer.py``) writes what mergekit's writer writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from mergekit.io.tensor_writer import TensorWriter
+from safetensors import safe_open
+
+from hpc_merge.mergekit_adapter.writer import StreamingTensorWriter
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"embed": torch.randn(50, 16, generator=g).to(torch.bfloat16), "norm": torch.randn(16, generator=g),
+            "half": torch.randn(3, 4, 5, generator=g).half(), "ids": torch.arange(7), "flag": torch.tensor([True]),
+            "scalar": torch.tensor(2.5, dtype=torch.float64), "empty": torch.zeros(0, 3),
+            "strided": torch.randn(8, 6, generator=g).t()}  # not contiguous
+
+
+def _write(cls: type, out: Path, shard: int) -> None:
+    writer = cls(str(out), max_shard_size=shard)
+    for name, t in _tensors().items():
+        writer.save_tensor(name, t)
+    writer.finalize()
+
+
+@pytest.mark.parametrize("shard", [0, 10**9, 700])
+def test_same_files_and_tensors_as_mergekits_writer(tmp_path: Path, shard: int) -> None:
+    """Same shard names, same index, every tensor equal (dtype, shape, values); no temp files left."""
+    _write(TensorWriter, tmp_path / "theirs", shard)
+    _write(StreamingTensorWriter, tmp_path / "ours", shard)
+    names = sorted(os.listdir(tmp_path / "theirs"))
+    assert sorted(os.listdir(tmp_path / "ours")) == names
+    assert (len(names) > 2) == (shard == 700)
+    index = "model.safetensors.index.json"
+    if index in names:
+        assert json.loads((tmp_path / "ours" / index).read_text())["weight_map"] == \
+            json.loads((tmp_path / "theirs" / index).read_text())["weight_map"]
+    expected = _tensors()
+    seen = set()
+    for name in names:
+        if not name.endswith(".safetensors"):
+            continue
+        with safe_open(str(tmp_path / "ours" / name), "pt") as ours, \
+                safe_open(str(tmp_path / "theirs" / name), "pt") as theirs:
+            assert set(ours.keys()) == set(theirs.keys())
+            assert ours.metadata() == {"format": "pt"}
+            for key in ours.keys():
+                a = ours.get_tensor(key)
+                assert a.dtype == expected[key].dtype and torch.equal(a, expected[key]), key
+                seen.add(key)
+    assert seen == set(expected)
