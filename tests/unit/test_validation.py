@@ -130,6 +130,8 @@ def test_existing_output_needs_force(tiny_pool, tmp_path: Path) -> None:
 def test_bad_option(tiny_pool) -> None:
     err = _error(_cfg(None, "job.options.out_shard_size=lots"))
     assert err.field == "job.options.out_shard_size"
+    err = _error(_cfg(None, "job.options.chunk_size=-5"))
+    assert err.field == "job.options.chunk_size" and "0 to merge whole tensors" in err.fix
 
 
 def test_multistage_references_earlier_stage(tiny_pool) -> None:
