@@ -89,6 +89,9 @@ def run(ctx: Context) -> list[Table]:
         "its (unstable) argsort puts first.",
         "hpc_merge trims with its exact-k O(n) magnitude trim (default `job.options.sparsify=fast`, "
         "`hpc_merge/mergekit_adapter/trim.py`); the opt-out row runs mergekit's argsort trim.",
+        "hpc_merge also merges tensors above `job.options.chunk_size` (16M) in row chunks and writes each "
+        "output tensor as it is merged (peak RSS: see the memory table); the floor holds whole tensors and "
+        "the whole output.",
         "`python -m hpc_merge mergekit_yaml=R output=O logger=none job.smoke.enabled=false` also composes "
         "the Hydra config, checks the recipe schema and every input's config.json (architecture, shapes), "
         "estimates resources, writes config.yaml / status.json / result.json in its run dir, writes its "
