@@ -1,11 +1,12 @@
 """Benchmark 4: evolution — candidates per minute in memory vs through disk; SLURM generation overhead.
 
 Candidates/minute: the same seeded TIES candidates over the tiny pool (base + four experts),
-scored either by the product's ``hpc_merge.evolve.worker.CandidateEvaluator`` on the skills zoo
-(when ``hpc_merge.evaluate`` exists) or, until it does, by a stand-in that does the same merge
-and model hand-over and then one fixed forward pass: in memory = ``merge_in_memory`` +
-``load_into`` a preloaded skeleton; disk = ``run_mergekit`` to a temp folder + ``from_pretrained``.
-Target (issue 9): in memory ≥ 5 × disk.
+scored by the product's ``hpc_merge.evolve.worker.CandidateEvaluator`` on the skills zoo's tasks,
+once per path: in memory = ``merge_in_memory`` + ``load_into`` a preloaded skeleton; disk =
+``run_mergekit`` to a temp folder + ``from_pretrained``. The two evaluators are built first and the
+candidates alternate between them, so load on this shared machine hits both paths alike. Each
+outcome carries the worker's own phase timings (merge, hand-over, evaluation); the table shows their
+medians per candidate beside the measured wall time. Target (issue 9): in memory ≥ 5 × disk.
 
 SLURM: a generation is one job array (``hpc_merge.launch.slurm.submit_array``); the overhead
 is the time from the submit call to every array task RUNNING. Target ≤ 10 s.
@@ -13,11 +14,8 @@ is the time from the submit call to every array task RUNNING. Target ≤ 10 s.
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,8 @@ from bench.table import Table, median, spread
 
 NAME = "evolution"
 EXPERTS = ("instruct", "math", "coder", "science")
+PHASES = ("merge_s", "handover_s", "eval_s")
+TARGET = 5.0
 
 
 def candidates(n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -45,92 +45,70 @@ def _sources() -> dict[str, str]:
     return {f"tiny:{n}": str(ensure_tiny(n)) for n in ("base", *EXPERTS)}
 
 
-def _product_rate(in_memory: bool, recipes: list[dict[str, Any]]) -> tuple[float, float]:
-    """``(setup s, seconds per candidate)`` through the product's CandidateEvaluator on the zoo tasks."""
+def measure(recipes: list[dict[str, Any]], limit: int = 16) -> dict[str, dict[str, Any]]:
+    """Per path (``in memory``, ``write to disk``): set-up s and, per candidate, phases and wall s.
+
+    Both evaluators run in this process, one candidate each in turn after a warm-up candidate.
+    """
     from hpc_merge.evolve.fitness import FitnessSpec
     from hpc_merge.evolve.worker import CandidateEvaluator, WorkerSpec, candidate_job
 
-    spec = WorkerSpec(sources=_sources(), donor="tiny:base", in_memory=in_memory, threads=2,
-                      fitness=FitnessSpec.from_config({"tasks": ["zoo"], "size": "test", "limit": 16}),
-                      options={"device": "cpu", "random_seed": 0})
-    t0 = time.perf_counter()
-    ev = CandidateEvaluator(spec)
-    setup = time.perf_counter() - t0
-    ev.safe_evaluate(candidate_job("warm", recipes[0], 0))
-    t0 = time.perf_counter()
-    for i, r in enumerate(recipes):
-        out = ev.safe_evaluate(candidate_job(str(i), r, i))
-        if out["status"] != "ok":
-            raise RuntimeError(f"candidate failed: {out['reason']}")
-    return setup, (time.perf_counter() - t0) / len(recipes)
-
-
-def _standin_rate(in_memory: bool, recipes: list[dict[str, Any]]) -> tuple[float, float]:
-    """Same as :func:`_product_rate` with one fixed forward pass standing in for the evaluation."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from hpc_merge.mergekit_adapter import run_mergekit, to_mergekit
-    from hpc_merge.mergekit_adapter.inmemory import load_into, load_tensors, merge_in_memory
-
-    torch.set_num_threads(2)
+    fitness = FitnessSpec.from_config({"tasks": ["zoo"], "size": "test", "limit": limit})
     sources = _sources()
-    options = {"device": "cpu", "random_seed": 0}
-    t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(sources["tiny:base"])
-    batch = tok(["add: 1 2 + 3 4 =", "reverse: a b c ->", "sort: c a b ->", "next: a b ->"] * 8,
-                return_tensors="pt", padding=True)
-    if in_memory:
-        loaded = {p: load_tensors(p) for p in sorted(set(sources.values()))}
-        model = AutoModelForCausalLM.from_pretrained(sources["tiny:base"], dtype=torch.float32).eval()
-    setup = time.perf_counter() - t0
-
-    def one(recipe: dict[str, Any], seed: int) -> None:
-        config = to_mergekit(recipe, sources)
-        if in_memory:
-            load_into(model, merge_in_memory(config, loaded, options, seed=seed))
-            m = model
-        else:
-            tmp = Path(tempfile.mkdtemp(prefix="bench-evolve-"))
-            try:
-                run_mergekit(config, tmp, options)
-                m = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32).eval()
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        with torch.no_grad():
-            m(**batch, labels=batch["input_ids"])
-
-    one(recipes[0], 0)  # warm-up (first merge imports and plans)
-    t0 = time.perf_counter()
-    for i, r in enumerate(recipes):
-        one(r, i)
-    return setup, (time.perf_counter() - t0) / len(recipes)
+    rows: dict[str, dict[str, Any]] = {}
+    evaluators = {}
+    for label, in_memory in (("in memory", True), ("write to disk", False)):
+        spec = WorkerSpec(sources=sources, donor="tiny:base", in_memory=in_memory, threads=2, fitness=fitness,
+                          options={"device": "cpu", "random_seed": 0})
+        t0 = time.perf_counter()
+        evaluators[label] = CandidateEvaluator(spec)
+        rows[label] = {"setup_s": time.perf_counter() - t0, "wall_s": [], "fitness": [],
+                       **{p: [] for p in PHASES}}
+        evaluators[label].safe_evaluate(candidate_job("warm", recipes[0], 0))
+    for i, recipe in enumerate(recipes):
+        for label, ev in evaluators.items():
+            t0 = time.perf_counter()
+            out = ev.safe_evaluate(candidate_job(str(i), recipe, i))
+            wall = time.perf_counter() - t0
+            if out["status"] != "ok":
+                raise RuntimeError(f"candidate failed ({label}): {out['reason']}")
+            row = rows[label]
+            row["wall_s"].append(wall)
+            row["fitness"].append(out["fitness"])
+            for p in PHASES:
+                row[p].append(out[p])
+    return rows
 
 
 def _rates(ctx: Context) -> Table:
-    n = 4 if ctx.quick else 12
-    recipes = candidates(n)
-    real = importlib.util.find_spec("hpc_merge.evaluate") is not None
-    measure = _product_rate if real else _standin_rate
-    rows = {}
-    for label, in_memory in (("in memory", True), ("write to disk", False)):
-        setup, per = measure(in_memory, recipes)
-        rows[label] = (setup, per)
-        ctx.log(f"    {label}: setup {setup:.1f} s, {per:.2f} s per candidate")
+    n = 8 if ctx.quick else 24
+    rows = measure(candidates(n))
+    disk = median(rows["write to disk"]["wall_s"])
     t = Table("Evolution: candidates evaluated per minute (one worker, 2 threads, tiny pool: base + 4 experts)",
-              ["path", "setup s (once per worker)", "s per candidate", "candidates / min", "× disk"])
-    disk = rows["write to disk"][1]
-    for label, (setup, per) in rows.items():
-        t.add(label, setup, f"{per:.3f}", 60 / per, f"{disk / per:.1f} ×")
-    speedup = disk / rows["in memory"][1]
+              ["path", "setup s (once per worker)", "merge s", "hand-over s", "evaluate s", "total s",
+               "candidates / min", "× disk"])
+    for label, row in rows.items():
+        total = median(row["wall_s"])
+        ctx.log(f"    {label}: setup {row['setup_s']:.2f} s, {total:.3f} s per candidate")
+        t.add(label, f"{row['setup_s']:.2f}", *(f"{median(row[p]):.4f}" for p in PHASES), f"{total:.4f}",
+              60 / total, f"{disk / total:.2f} ×")
+    mem = rows["in memory"]
+    speedup = disk / median(mem["wall_s"])
+    ceiling = disk / median(mem["eval_s"])
+    same = rows["in memory"]["fitness"] == rows["write to disk"]["fitness"]
     t.notes += [
-        f"{n} seeded TIES candidates per path after one warm-up candidate; target in memory ≥ 5 × disk: "
-        f"{'met' if speedup >= 5 else 'NOT met'} ({speedup:.1f} ×).",
-        "scored by the product's CandidateEvaluator on the skills zoo (test size, 16 examples per task)" if real else
-        "`hpc_merge.evaluate` does not exist yet, so the zoo evaluation is replaced by one fixed forward pass "
-        "(32 prompts) on both paths; the merge and the model hand-over are the product's own "
-        "(`merge_in_memory` + `load_into` vs `run_mergekit` + `from_pretrained`). With a real evaluation "
-        "the per-candidate cost grows equally on both paths, so the ratio shrinks.",
+        f"target in memory ≥ {TARGET:.0f} × disk: **{'MET' if speedup >= TARGET else 'NOT met'}** "
+        f"({speedup:.2f} ×). {n} seeded TIES candidates per path after one warm-up each, the two paths "
+        "alternating candidate by candidate; medians per candidate. merge = `merge_in_memory` vs "
+        "`run_mergekit` (plans, merges and writes the safetensors); hand-over = `load_into` the worker's "
+        "skeleton vs `from_pretrained` of the written folder (the tokenizer is loaded once per worker on "
+        "both paths); evaluate = the zoo's four skills, 16 validation prompts each (greedy exact match + "
+        "answer log-likelihood); total = wall time of the whole candidate.",
+        f"evaluation is {median(mem['eval_s']) / median(mem['wall_s']):.0%} of an in-memory candidate: even a "
+        f"free merge and hand-over would give at most {ceiling:.1f} × disk. What the in-memory path saves (the "
+        "safetensors write, `from_pretrained`, mergekit's repeated config.json reads; both paths plan with mergekit) is small for these 0.19 M-parameter models; "
+        "it pays where the write is real (GBs per candidate), which this bench does not measure.",
+        f"fitness identical on both paths for all {n} candidates: {same}.",
     ]
     return t
 

@@ -5,6 +5,12 @@ read and tokenized once per (file, tokenizer), and the two measures share one lo
 Tokenization of (prompt, answer) pairs follows lm-eval-harness (trailing spaces move from the
 prompt to the answer; the answer's tokens are the tail of the tokenized whole), so our
 log-likelihoods are the ones lm-eval computes.
+
+Greedy generation stops a row as soon as its continuation can no longer equal its reference
+(:class:`CannotMatch`), and a batch as soon as every row has stopped, ended or matched as far as
+it can: a model that gets a prompt wrong usually does so at its first token, so most of the
+decoding steps an exact-match score used to pay for decided nothing. The rows still running see
+the same forwards as before, so every accuracy is unchanged (tested against full-length decoding).
 """
 
 from __future__ import annotations
@@ -98,8 +104,73 @@ def answer_logliks(model, enc: Encoded, batch_size: int, pad: int) -> list[tuple
     return out
 
 
-def greedy_answers(model, tokenizer, enc: Encoded, batch_size: int) -> list[str]:
-    """Greedy continuations of every prompt (left-padded batches), decoded without specials."""
+def _visible(text: str) -> str:
+    """``text`` without any whitespace (what exact match after ``strip`` cannot ignore)."""
+    return "".join(text.split())
+
+
+def may_match(text: str, reference: str, open_tail: int | None = None) -> bool:
+    """Can a continuation that starts with ``text`` (decoded so far) still equal ``reference`` after strip?
+
+    Decoding more tokens only appends characters, except that tokenizers may drop or add spaces
+    (clean-up of ``" ."``, SentencePiece's leading space) and that bytes of an unfinished character
+    show as U+FFFD until the character is complete. So compare the non-whitespace characters, the
+    trailing U+FFFD that may still change left out (``open_tail`` of them, every one when None): if
+    the rest is not a prefix of the reference's, no continuation can match.
+    """
+    seen = _visible(text)
+    tail = len(seen) - len(seen.rstrip(FFFD))
+    if tail:
+        seen = seen[:-min(tail, open_tail if open_tail is not None else tail)]
+    return _visible(reference).startswith(seen)
+
+
+FFFD = "\ufffd"
+
+
+def open_tail(tokenizer) -> int | None:
+    """How many trailing U+FFFD of a decoded prefix more tokens can still turn into characters.
+
+    1 for a byte-level BPE decoder (GPT-2, Qwen, Llama 3): it decodes all bytes as lossy UTF-8, so
+    only a truncated last character shows as (one) U+FFFD and every earlier one is final. None (all
+    of them) for any other decoder: SentencePiece's byte fallback shows every byte of an unfinished
+    run as U+FFFD, and unknown decoders are not guessed at.
+    """
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    try:
+        decoder = json.loads(backend.to_str()).get("decoder") if backend is not None else None
+    except Exception:  # a tokenizer we cannot inspect: stay conservative
+        return None
+    while isinstance(decoder, dict) and decoder.get("type") == "Sequence" and len(decoder.get("decoders") or []) == 1:
+        decoder = decoder["decoders"][0]
+    return 1 if isinstance(decoder, dict) and decoder.get("type") == "ByteLevel" else None
+
+
+def _stop_when_decided(tokenizer, start: int, references: tuple[str, ...]):
+    """A ``StoppingCriteria`` that ends each row whose continuation (tokens after ``start``) cannot match."""
+    from transformers import StoppingCriteria
+
+    tail = open_tail(tokenizer)
+
+    class CannotMatch(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+            texts = tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+            done = [not may_match(t, r, tail) for t, r in zip(texts, references, strict=True)]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return CannotMatch()
+
+
+def greedy_answers(model, tokenizer, enc: Encoded, batch_size: int, stop_early: bool = True) -> list[str]:
+    """Greedy continuations of every prompt (left-padded batches), decoded without specials.
+
+    With ``stop_early`` a row stops as soon as it can no longer equal its reference: its text is
+    then a prefix of the full continuation (enough to score exact match, not to show the answer).
+    """
+    from transformers import StoppingCriteriaList
+
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     texts: list[str] = []
@@ -107,16 +178,19 @@ def greedy_answers(model, tokenizer, enc: Encoded, batch_size: int) -> list[str]
         prompts = list(enc.prompts[start:start + batch_size])
         longest = max(len(a) for a in enc.answers[start:start + batch_size])
         ids, mask = _left_pad(prompts, pad)
+        stop = StoppingCriteriaList([_stop_when_decided(tokenizer, ids.shape[1],
+                                                        enc.references[start:start + batch_size])]
+                                    if stop_early else [])
         gen = model.generate(
             input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
             max_new_tokens=longest + GEN_MARGIN, do_sample=False, num_beams=1,
-            pad_token_id=pad, eos_token_id=eos,
+            pad_token_id=pad, eos_token_id=eos, stopping_criteria=stop,
         )
         texts.extend(tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True))
     return texts
 
 
-def evaluate_file(model, tokenizer, path: Path, limit: int | None, batch_size: int) -> dict:
+def evaluate_file(model, tokenizer, path: Path, limit: int | None, batch_size: int, stop_early: bool = True) -> dict:
     """``{"accuracy", "loglik", "n"}`` on one JSONL file.
 
     accuracy: share of rows whose stripped greedy continuation equals the stripped answer.
@@ -126,7 +200,7 @@ def evaluate_file(model, tokenizer, path: Path, limit: int | None, batch_size: i
     if not enc.prompts:
         return {"accuracy": math.nan, "loglik": math.nan, "n": 0}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    texts = greedy_answers(model, tokenizer, enc, batch_size)
+    texts = greedy_answers(model, tokenizer, enc, batch_size, stop_early)
     hits = sum(t.strip() == r.strip() for t, r in zip(texts, enc.references, strict=True))
     lls = answer_logliks(model, enc, batch_size, pad)
     per_token = [s / n for s, n in lls if n]

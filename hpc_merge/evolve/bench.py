@@ -48,8 +48,8 @@ def throughput(spec: WorkerSpec, recipes: list[dict[str, Any]], seed: int = 0) -
     return {"in_memory": spec.in_memory, "candidates": len(recipes), "failed": len(recipes) - len(ok),
             "setup_s": round(setup, 3), "total_s": round(total, 3),
             "s_per_candidate": round(total / max(len(recipes), 1), 3),
-            "merge_s_mean": round(sum(o["merge_s"] for o in ok) / max(len(ok), 1), 3),
-            "eval_s_mean": round(sum(o["eval_s"] for o in ok) / max(len(ok), 1), 3),
+            **{f"{phase}_mean": round(sum(o[phase] for o in ok) / max(len(ok), 1), 4)
+               for phase in ("merge_s", "handover_s", "eval_s")},
             "candidates_per_min": round(60 * len(recipes) / max(total, 1e-9), 2),
             "fitness": [o["fitness"] for o in outs]}
 

@@ -149,7 +149,8 @@ def run_search(space: SearchSpace, settings: SearchSettings, run_dir: str | Path
                          "recipe": recipe, "status": out["status"], "fitness": out["fitness"],
                          "scores": out.get("scores", {}), "reason": out.get("reason"),
                          "repeat": key in seen_before or keys.index(key) < i,
-                         "merge_s": out.get("merge_s"), "eval_s": out.get("eval_s")})
+                         "merge_s": out.get("merge_s"), "handover_s": out.get("handover_s"),
+                         "eval_s": out.get("eval_s")})
         np.random.set_state(rng_after_ask)
         told = [-r["fitness"] if r["status"] == "ok" and math.isfinite(r["fitness"]) else WORST for r in rows]
         state.es.tell(xs, told)

@@ -6,6 +6,10 @@ so a candidate costs a merge plus an evaluation, not five model loads. ``in_memo
 each candidate with ``run_mergekit`` to a temp folder and evaluates it from there instead (the
 reference path; also what a user gets with ``evolve.in_memory=false`` when memory is short).
 
+An outcome times its three phases: ``merge_s`` (merge in memory, or ``run_mergekit`` writing the
+candidate), ``handover_s`` (``load_into`` the skeleton, or ``from_pretrained`` of the written
+folder) and ``eval_s`` (scoring only).
+
 Everything here is plain Python with picklable inputs: the local pool and submitit both call it.
 """
 
@@ -78,33 +82,42 @@ class CandidateEvaluator:
         fit = self.spec.fitness
         split = split or fit.split
         limit = fit.limit if split == fit.split else None
-        t0 = time.time()
+        t0 = time.perf_counter()
         config = self._config(recipe)
         options = {**self.spec.options, "random_seed": int(seed)}
         if self.spec.in_memory:
             from hpc_merge.mergekit_adapter.inmemory import load_into, merge_in_memory
 
-            load_into(self.model, merge_in_memory(config, self.sources, options, seed=seed))
-            t1 = time.time()
-            metrics = evaluate_model(self.model, self.tasks, tokenizer=self.tokenizer, split=split, limit=limit,
+            merged = merge_in_memory(config, self.sources, options, seed=seed)
+            t1 = time.perf_counter()
+            load_into(self.model, merged)
+            del merged
+            model = self.model
+            t2 = time.perf_counter()
+            metrics = evaluate_model(model, self.tasks, tokenizer=self.tokenizer, split=split, limit=limit,
                                      batch_size=fit.batch_size)
         else:
+            from hpc_merge.evaluate import load_model
             from hpc_merge.mergekit_adapter import run_mergekit
 
             tmp = Path(tempfile.mkdtemp(prefix="hpc-evolve-", dir=self.spec.scratch))
             try:
                 run_mergekit(config, tmp, options)
-                t1 = time.time()
-                metrics = evaluate_model(str(tmp), self.tasks, tokenizer=self.tokenizer, split=split, limit=limit,
+                t1 = time.perf_counter()
+                model = load_model(tmp)  # what evaluate_model(str(tmp)) does, timed apart
+                t2 = time.perf_counter()
+                metrics = evaluate_model(model, self.tasks, tokenizer=self.tokenizer, split=split, limit=limit,
                                          batch_size=fit.batch_size)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+        t3 = time.perf_counter()
         fitness = fit.score(metrics)
         if not math.isfinite(fitness):
             raise FloatingPointError(f"fitness is {fitness} (metrics {metrics})")
         return {"status": "ok", "fitness": fitness, "scores": flat_scores(metrics, fit.metric),
                 "metrics": {t: dict(m) for t, m in sorted(metrics.items())}, "reason": None,
-                "merge_s": round(t1 - t0, 3), "eval_s": round(time.time() - t1, 3), "split": split}
+                "merge_s": round(t1 - t0, 6), "handover_s": round(t2 - t1, 6), "eval_s": round(t3 - t2, 6),
+                "split": split}
 
     def safe_evaluate(self, job: dict[str, Any]) -> dict[str, Any]:
         """:meth:`evaluate` that turns any exception into a failed outcome with its reason."""

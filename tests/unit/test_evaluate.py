@@ -100,3 +100,53 @@ def test_empty_file_gives_nan(sorting_expert, tmp_path):
     empty.write_text("")
     scores = evaluate_model(path, [str(empty)])["empty"]
     assert scores["n"] == 0 and math.isnan(scores["accuracy"])
+
+
+def test_may_match_compares_visible_characters_and_keeps_unfinished_bytes_open():
+    from hpc_merge.evaluate.builtin import may_match
+
+    assert may_match("", " a b c")
+    assert may_match(" a", " a b c") and may_match("a b", " a b c")
+    assert may_match(" a b c ", " a b c") and may_match("abc", " a b c")  # spaces may still move (clean-up)
+    assert not may_match(" a c", " a b c") and not may_match(" a b c d", " a b c")
+    # byte-level BPE: only the last U+FFFD is an unfinished character, earlier ones are final
+    assert may_match(" a\ufffd", " a€", open_tail=1)
+    assert not may_match("\ufffd\ufffd", " a", open_tail=1)
+    assert not may_match("\ufffdq", " a", open_tail=None)
+    # other decoders (byte fallback): every trailing U+FFFD may still become a character
+    assert may_match("\ufffd\ufffd", " a", open_tail=None)
+
+
+def test_open_tail_reads_the_decoder(sorting_expert):
+    from hpc_merge.evaluate.builtin import open_tail
+
+    _, _, tok = sorting_expert
+    assert open_tail(tok) == 1  # the zoo's byte-level BPE
+    assert open_tail(object()) is None
+
+
+@torch.inference_mode()
+def test_stopping_undecidable_rows_early_changes_no_score(sorting_expert):
+    """Early stop saves decoding steps and gives the very same metrics as decoding every token."""
+    from hpc_merge.evaluate.builtin import encode_file, evaluate_file, greedy_answers
+
+    path, model, tok = sorting_expert
+    calls = []
+    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        for task in load_tasks(["zoo"], size="test"):
+            for batch in (5, 32):
+                full = evaluate_file(model, tok, task.file("test"), 24, batch, stop_early=False)
+                n_full = len(calls)
+                fast = evaluate_file(model, tok, task.file("test"), 24, batch, stop_early=True)
+                assert fast == full, (task.name, batch)
+                assert len(calls) - n_full <= n_full  # never more forwards
+                calls.clear()
+        enc = encode_file(load_tasks(["zoo:shift"], size="test")[0].file("test"), tok, 24)
+        texts = greedy_answers(model, tok, enc, 32)
+        full = greedy_answers(model, tok, enc, 32, stop_early=False)
+        assert [t.strip() == r.strip() for t, r in zip(texts, enc.references, strict=True)] == \
+               [t.strip() == r.strip() for t, r in zip(full, enc.references, strict=True)]
+        assert sum(map(len, texts)) < sum(map(len, full))  # the wrong rows really stopped early
+    finally:
+        hook.remove()

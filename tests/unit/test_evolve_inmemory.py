@@ -58,3 +58,27 @@ def test_load_into_a_skeleton_and_memory_loader(sources, tiny_pool) -> None:
     loader = MemoryLoader({"a": torch.ones(2)})
     assert loader.get_tensor("b", aliases=["a"]).sum() == 2
     assert loader.get_tensor("b", raise_on_missing=False) is None
+
+
+def test_cached_configs_reads_once_hands_out_copies_and_sees_rewrites(tiny_pool, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from mergekit.common import ModelReference
+
+    from hpc_merge.mergekit_adapter.inmemory import cached_configs
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_pool["base"], folder)
+    ref = ModelReference.model_validate(str(folder))
+    real = ModelReference.config
+    with cached_configs():
+        first = ref.config()
+        first.num_hidden_layers = 99  # mergekit mutates what it gets: must not leak into the cache
+        second = ref.config()
+        assert second.num_hidden_layers == real(ref).num_hidden_layers != 99
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["rms_norm_eps"] = 0.125
+        (folder / "config.json").write_text(json.dumps(cfg, indent=1))  # other size: a new stamp
+        assert ref.config().rms_norm_eps == 0.125
+    assert ModelReference.config is real  # restored after the block

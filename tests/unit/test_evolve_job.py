@@ -55,7 +55,9 @@ def test_a_failing_candidate_becomes_a_failed_outcome_with_its_reason(tmp_path: 
     plan = validate(cfg)
     evaluator = CandidateEvaluator(worker_spec(plan, tmp_path))
     recipe = plan["space"].decode([0.5] * plan["space"].dim)
-    assert evaluator.safe_evaluate({"key": "ok", "recipe": recipe, "seed": 1})["status"] == "ok"
+    ok = evaluator.safe_evaluate({"key": "ok", "recipe": recipe, "seed": 1})
+    assert ok["status"] == "ok"
+    assert all(ok[p] > 0 for p in ("merge_s", "handover_s", "eval_s"))  # each phase timed apart
     recipe["models"][0]["parameters"].update(density=0.95, epsilon=0.1)  # density + epsilon >= 1
     out = evaluator.safe_evaluate({"key": "bad", "recipe": recipe, "seed": 1})
     assert out["status"] == "failed" and out["fitness"] is None and "psilon" in out["reason"]
