@@ -108,7 +108,9 @@ def _rates(ctx: Context) -> Table:
         f"free merge and hand-over would give at most {ceiling:.1f} × disk. What the in-memory path saves (the "
         "safetensors write, `from_pretrained`, mergekit's repeated config.json reads; both paths plan with mergekit) is small for these 0.19 M-parameter models; "
         "it pays where the write is real (GBs per candidate), which this bench does not measure.",
-        f"fitness identical on both paths for all {n} candidates: {same}.",
+        f"fitness identical on both paths for all {n} candidates: {same}. Set-up is paid once per worker "
+        "(in memory: read the five sources and load the skeleton); the in-memory evaluator is built first, so its "
+        "set-up also holds this process's first imports of transformers and mergekit.",
     ]
     return t
 
