@@ -11,7 +11,8 @@ import torch
 from mergekit.io.tensor_writer import TensorWriter
 from safetensors import safe_open
 
-from hpc_merge.mergekit_adapter.writer import StreamingTensorWriter
+from hpc_merge.mergekit_adapter import writer as streaming
+from hpc_merge.mergekit_adapter.writer import StreamingTensorWriter, header_bound
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -22,18 +23,31 @@ def _tensors() -> dict[str, torch.Tensor]:
             "strided": torch.randn(8, 6, generator=g).t()}  # not contiguous
 
 
-def _write(cls: type, out: Path, shard: int) -> None:
-    writer = cls(str(out), max_shard_size=shard)
+def _write(cls: type, out: Path, shard: int, reserve: int = 0) -> None:
+    token = streaming._HEADER_BOUND.set(reserve)
+    try:
+        writer = cls(str(out), max_shard_size=shard)
+    finally:
+        streaming._HEADER_BOUND.reset(token)
     for name, t in _tensors().items():
         writer.save_tensor(name, t)
     writer.finalize()
 
 
+@pytest.mark.parametrize("room", ["planned", "none", "too small"])
 @pytest.mark.parametrize("shard", [0, 10**9, 700])
-def test_same_files_and_tensors_as_mergekits_writer(tmp_path: Path, shard: int) -> None:
-    """Same shard names, same index, every tensor equal (dtype, shape, values); no temp files left."""
+def test_same_files_and_tensors_as_mergekits_writer(tmp_path: Path, shard: int, room: str) -> None:
+    """Same shard names, same index, every tensor equal (dtype, shape, values); no temp files left.
+
+    ``planned``: the header goes into the room reserved from the planned names (no copy);
+    ``none`` / ``too small``: the shard is rewritten behind its exact header.
+    """
+    reserve = {"planned": header_bound(list(_tensors())), "none": 0, "too small": 16}[room]
     _write(TensorWriter, tmp_path / "theirs", shard)
-    _write(StreamingTensorWriter, tmp_path / "ours", shard)
+    _write(StreamingTensorWriter, tmp_path / "ours", shard, reserve)
+    for f in (tmp_path / "ours").glob("*.safetensors"):
+        size = int.from_bytes(f.read_bytes()[:8], "little")
+        assert (size == reserve) == (room == "planned"), f.name
     names = sorted(os.listdir(tmp_path / "theirs"))
     assert sorted(os.listdir(tmp_path / "ours")) == names
     assert (len(names) > 2) == (shard == 700)
