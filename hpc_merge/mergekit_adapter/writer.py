@@ -7,7 +7,9 @@ the largest tensors are merged in row chunks (:mod:`~hpc_merge.mergekit_adapter.
 largest term of the peak RSS, and it made the peak depend on the output's shard size.
 
 What: :class:`StreamingTensorWriter` writes each tensor's bytes into the shard file as it arrives
-(the tensor is then free), behind room left for the safetensors header. The room is an upper bound
+(the tensor is then free), behind room left for the safetensors header. A background thread does
+the ``pwrite`` while the merge computes the next tensors (at most 128 MiB queued): writing 1 GB
+into the page cache took ≈ 2 s of a 0.5B TIES merge when done in line. The room is an upper bound
 computed from the names of every tensor the merge plans to write (:func:`stream_writes` reads
 them off mergekit's planner): when the shard is complete its header is written in front, padded
 with spaces to the reserved size, which the format allows. Should a header not fit (more than 8
@@ -19,10 +21,12 @@ are mergekit's own (this is a subclass); the files load tensor-for-tensor equal 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import json
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +48,68 @@ def header_bound(names: list[str]) -> int:
     return size + (-size % 8)
 
 
+class _WriteBehind:
+    """One thread that ``pwrite``s queued tensors while the merge computes the next ones.
+
+    At most ``limit`` bytes wait at a time (a single larger tensor is always accepted), so the
+    overlap costs little memory; the thread ends whenever the queue is empty. A failed write is
+    raised in the merge at the next submit or drain.
+    """
+
+    def __init__(self, limit: int = 128 << 20):
+        self.limit = limit
+        self.cond = threading.Condition()
+        self.queue: collections.deque[tuple[int, int, torch.Tensor]] = collections.deque()
+        self.in_flight = 0
+        self.error: BaseException | None = None
+        self.running = False
+
+    def submit(self, fd: int, offset: int, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        with self.cond:
+            while self.in_flight and self.in_flight + nbytes > self.limit and self.error is None:
+                self.cond.wait()
+            self._raise()
+            self.queue.append((fd, offset, tensor))
+            self.in_flight += nbytes
+            if not self.running:
+                self.running = True
+                threading.Thread(target=self._run, name="hpc-merge-writer", daemon=True).start()
+
+    def drain(self) -> None:
+        """Wait until every queued tensor is on its way to disk (in the page cache)."""
+        with self.cond:
+            while self.in_flight and self.error is None:
+                self.cond.wait()
+            self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise OSError(f"writing the merged model failed: {self.error}") from self.error
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                if not self.queue or self.error is not None:
+                    self.running = False
+                    self.cond.notify_all()
+                    return
+                fd, offset, tensor = self.queue.popleft()
+            nbytes = tensor.numel() * tensor.element_size()
+            try:
+                view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+                done = 0
+                while done < nbytes:
+                    done += os.pwrite(fd, view[done:], offset + done)
+            except BaseException as exc:  # noqa: BLE001 (handed to the merge thread)
+                with self.cond:
+                    self.error = exc
+            del tensor
+            with self.cond:
+                self.in_flight -= nbytes
+                self.cond.notify_all()
+
+
 class StreamingTensorWriter(TensorWriter):
     """mergekit's writer with each tensor written through to its shard file on ``save_tensor``."""
 
@@ -51,15 +117,16 @@ class StreamingTensorWriter(TensorWriter):
         super().__init__(*args, **kwargs)
         self.reserve = _HEADER_BOUND.get()  # header room in front of the data
         self._entries: dict[str, dict[str, Any]] = {}  # current shard: name -> header entry
-        self._file: Any = None  # the current shard, data written from 8 + reserve
+        self._fd = -1  # the current shard, data written from 8 + reserve
         self._data_size = 0
+        self._writes = _WriteBehind()
 
     def _shard_path(self, index: int) -> str:
         prefix, extension = self._get_name_components()
         return os.path.join(self.out_path, f"{prefix}-{index + 1}.{extension}")
 
     def save_tensor(self, name: str, tensor: torch.Tensor, clone: bool = False) -> None:
-        """Write the tensor's bytes into the current shard (starting a new shard when full)."""
+        """Queue the tensor's bytes for its place in the current shard (starting a new shard when full)."""
         if tensor.dtype not in _ST_DTYPES:
             raise TypeError(f"cannot write {name}: dtype {tensor.dtype} has no safetensors code")
         tensor = tensor.detach().to("cpu").contiguous()
@@ -67,12 +134,11 @@ class StreamingTensorWriter(TensorWriter):
         with self._lock:
             if self._entries and self.max_shard_size > 0 and self.current_shard_size + nbytes > self.max_shard_size:
                 self._flush_current_shard()
-            if self._file is None:
-                self._file = open(self._shard_path(self.shards_written), "wb")  # noqa: SIM115 (closed at flush)
-                self._file.seek(8 + self.reserve)
+            if self._fd < 0:
+                self._fd = os.open(self._shard_path(self.shards_written), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 self._data_size = 0
             if nbytes:
-                self._file.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+                self._writes.submit(self._fd, 8 + self.reserve + self._data_size, tensor)
             self._entries[name] = {"dtype": _ST_DTYPES[tensor.dtype], "shape": list(tensor.shape),
                                    "data_offsets": [self._data_size, self._data_size + nbytes]}
             self._data_size += nbytes
@@ -82,15 +148,18 @@ class StreamingTensorWriter(TensorWriter):
         """The header in front of the shard's data; mergekit's bookkeeping as before."""
         if not self._entries:
             return
+        self._writes.drain()
         index = self.shards_written
         path = self._shard_path(index)
         header = json.dumps({"__metadata__": {"format": "pt"}, **self._entries}, separators=(",", ":")).encode()
         if len(header) <= self.reserve:
-            self._file.seek(0)
-            self._file.write(self.reserve.to_bytes(8, "little") + header + b" " * (self.reserve - len(header)))
-            self._file.close()
+            head = self.reserve.to_bytes(8, "little") + header + b" " * (self.reserve - len(header))
+            done = 0
+            while done < len(head):
+                done += os.pwrite(self._fd, head[done:], done)
+            os.close(self._fd)
         else:  # no room: write the exact header, then move the data behind it
-            self._file.close()
+            os.close(self._fd)
             header += b" " * (-len(header) % 8)
             with open(path + ".tmp", "wb") as out, open(path, "rb") as data:
                 out.write(len(header).to_bytes(8, "little") + header)
@@ -102,7 +171,7 @@ class StreamingTensorWriter(TensorWriter):
             self.weight_map[key] = shard_name
         self.total_size += self.current_shard_size
         self.shards_written += 1
-        self._entries, self._file, self._data_size, self.current_shard_size = {}, None, 0, 0
+        self._entries, self._fd, self._data_size, self.current_shard_size = {}, -1, 0, 0
 
 
 def _copy(src: Any, offset: int, dst: Any, size: int, name: str) -> None:

@@ -69,3 +69,18 @@ def test_same_files_and_tensors_as_mergekits_writer(tmp_path: Path, shard: int, 
                 assert a.dtype == expected[key].dtype and torch.equal(a, expected[key]), key
                 seen.add(key)
     assert seen == set(expected)
+
+
+def test_a_failed_background_write_fails_the_merge(tmp_path: Path) -> None:
+    """A write error in the writer thread is raised in the merge (no silently short shard)."""
+    from hpc_merge.mergekit_adapter.writer import _WriteBehind
+
+    (tmp_path / "ro").write_bytes(b"")
+    fd = os.open(tmp_path / "ro", os.O_RDONLY)  # pwrite on it fails with EBADF
+    writes = _WriteBehind()
+    try:
+        writes.submit(fd, 0, torch.ones(10))
+        with pytest.raises(OSError, match="writing the merged model failed"):
+            writes.drain()
+    finally:
+        os.close(fd)
