@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -78,8 +79,9 @@ class _ProgressTqdm:
     measured from the execution itself (tasks done, tensors loaded and saved).
     """
 
-    def __init__(self, callback: ProgressFn):
+    def __init__(self, callback: ProgressFn, every_s: float = 0.5):
         self.callback = callback
+        self.every_s = every_s  # status.json is rewritten per call: twice a second is live enough
 
     def tqdm(self, iterable: Any = None, **_kw: Any) -> Any:
         items = list(iterable or [])
@@ -90,12 +92,15 @@ class _ProgressTqdm:
 
         def gen():
             saves = loads = 0
+            last = 0.0
             for n, item in enumerate(items):
                 yield item
                 if kinds:
                     saves += kinds[n] == "SaveTensor"
                     loads += kinds[n] == "LoadTensor"
-                if n % 16 == 0 or n + 1 == total:
+                now = time.monotonic()
+                if now - last >= self.every_s or n + 1 == total:
+                    last = now
                     self.callback({"tasks_done": n + 1, "tasks_total": total, "tensors_done": saves,
                                    "tensors_total": total_saves, "loads_done": loads, "loads_total": total_loads})
 
