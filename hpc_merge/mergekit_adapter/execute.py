@@ -79,9 +79,9 @@ class _ProgressTqdm:
     measured from the execution itself (tasks done, tensors loaded and saved).
     """
 
-    def __init__(self, callback: ProgressFn, every_s: float = 0.5):
+    def __init__(self, callback: ProgressFn, every_s: float = 0.25):
         self.callback = callback
-        self.every_s = every_s  # status.json is rewritten per call: twice a second is live enough
+        self.every_s = every_s  # status.json is rewritten per call: 4 times a second is live enough
 
     def tqdm(self, iterable: Any = None, **_kw: Any) -> Any:
         items = list(iterable or [])
