@@ -71,7 +71,7 @@ def run(ctx: Context) -> list[Table]:
     slopes = {m: fit([x for x, _ in xy], [y for _, y in xy]) for m, xy in per_n.items()}
     t2.notes.append("least-squares cost per extra input: " + "; ".join(
         f"{m} {b:.1f} s/input (fixed {a:.1f} s)" for m, (a, b) in slopes.items()) +
-        " — the fixed part is interpreter start-up and imports (≈ 7 s here).")
+        " — the fixed part is mostly interpreter start-up and imports (see the start-up table).")
 
     gb32 = QWEN32B_PARAMS * 2 / 1e9
     t3 = Table("EXTRAPOLATION to a 32B merge (3 × Qwen2.5-32B, bf16) — a straight-line fit, not a measurement",
@@ -87,8 +87,9 @@ def run(ctx: Context) -> list[Table]:
         "TIES is CPU-bound on mergekit's per-tensor arithmetic (task vectors, sign election; the trim is "
         "the O(n) exact-k one): it scales with element count and with cores (torch's intra-op threads); "
         "on a GPU node (`job.options.device=cuda`) it is far faster — not measured here.",
-        "peak RAM grows with the largest tensor × (inputs + the method's temporaries) plus "
-        "job.options.out_shard_size, not with the model size (see the memory table).",
+        "peak RAM does not grow with the model size: row-separable methods (linear, task_arithmetic, ties, ...) "
+        "hold 16 MB of rows per input plus the largest output tensor; methods that merge whole tensors hold "
+        "the largest tensor × (inputs + the method's temporaries) (see the memory table).",
     ]
     if ctx.quick:
         t3.notes.append("--quick: fitted on tiny models whose time is mostly interpreter start-up; "
