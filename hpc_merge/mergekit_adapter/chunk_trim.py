@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hpc_merge.mergekit_adapter.trim import _pick
+from hpc_merge.mergekit_adapter.trim import _pick, keep_ties
 
 if TYPE_CHECKING:
     import torch
@@ -109,10 +109,7 @@ class _Entry:
     def mask(self, tensor: torch.Tensor) -> torch.Tensor:
         keys, _bits = magnitude_keys(tensor)
         keep = keys > self.prefix
-        if self.remaining_ties > 0:
-            ties = (keys == self.prefix).nonzero().squeeze(1)[: self.remaining_ties]
-            keep[ties] = True
-            self.remaining_ties -= ties.numel()
+        self.remaining_ties -= keep_ties(keep, keys, self.prefix, self.remaining_ties)
         return keep.view(tensor.shape)
 
 

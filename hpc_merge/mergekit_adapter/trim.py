@@ -89,17 +89,25 @@ def magnitude_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
         keys = mag.view(torch.int16)
         threshold, above = _kth_largest_bits16(keys, k)
         keep = keys > threshold
-        ties = keys == threshold
     else:
         keys = mag
-        value = torch.kthvalue(keys, n - k + 1).values
-        keep = keys > value
+        threshold = torch.kthvalue(keys, n - k + 1).values
+        keep = keys > threshold
         above = int(keep.sum())
-        ties = keys == value
-    need = k - above
-    if need > 0:
-        keep[ties.nonzero().squeeze(1)[:need]] = True
+    keep_ties(keep, keys, threshold, k - above)
     return keep.view(tensor.shape)
+
+
+def keep_ties(keep: torch.Tensor, keys: torch.Tensor, threshold: Any, need: int) -> int:
+    """Add the first ``need`` elements whose key equals ``threshold``, lowest flat index first, to ``keep``.
+
+    The one tie rule of the exact trim, whole tensor or row chunk by row chunk; returns how many it kept.
+    """
+    if need <= 0:
+        return 0
+    ties = (keys == threshold).nonzero().squeeze(1)[:need]
+    keep[ties] = True
+    return ties.numel()
 
 
 def exact_magnitude(tensor: torch.Tensor, density: float, rescale_norm: Any = None) -> torch.Tensor:
