@@ -34,7 +34,7 @@ from mergekit.io.tasks import GatherTensors, LoaderCache
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 
 from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, NotStreamable, StreamingTrim, streaming
-from hpc_merge.mergekit_adapter.reader import _DTYPES, PreadSafetensors
+from hpc_merge.mergekit_adapter.reader import PreadSafetensors
 
 ROW_SEPARABLE = ("linear", "task_arithmetic", "ties", "passthrough", "nearswap")
 DEFAULT_CHUNK_SIZE = "16M"
@@ -130,10 +130,7 @@ class _Headers:
             reader = PreadSafetensors(path)
             reader.close()  # only the header is needed here
             self.readers[path] = reader
-        reader = self.readers[path]
-        if name not in reader.header or reader.header[name]["dtype"] not in _DTYPES:
-            return None
-        return reader.shape_dtype(name)
+        return self.readers[path].shape_dtype(name)
 
 
 def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers) -> ChunkedMerge | None:

@@ -23,7 +23,6 @@ def merge_options(options: dict[str, Any]) -> Any:
     (see :mod:`hpc_merge.mergekit_adapter.chunked`).
     """
     import torch
-    from mergekit.common import parse_kmb
     from mergekit.options import MergeOptions
 
     opts = dict(options)
@@ -32,11 +31,7 @@ def merge_options(options: dict[str, Any]) -> Any:
     opts.pop("sparsify", None)
     opts.pop("chunk_size", None)
     if opts.get("out_shard_size") is not None:
-        try:
-            opts["out_shard_size"] = parse_kmb(str(opts["out_shard_size"]))
-        except ValueError:
-            raise ConfigError("job.options.out_shard_size", f"bad size {opts['out_shard_size']!r}",
-                              "use bytes with an optional K/M/B suffix, e.g. 500M") from None
+        opts["out_shard_size"] = _size(opts["out_shard_size"], "out_shard_size", "e.g. 500M")
     device = opts.pop("device", "auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -52,20 +47,27 @@ def merge_options(options: dict[str, Any]) -> Any:
         raise ConfigError("job.options", f"mergekit rejects the options: {' '.join(msg[:3])}", "fix job.options") from None
 
 
-def chunk_size(options: dict[str, Any]) -> int:
-    """``job.options.chunk_size`` in bytes (null = 16M; 0 = merge every tensor whole), checked."""
+def _size(raw: Any, option: str, example: str) -> int:
+    """A byte count with mergekit's K/M/B suffixes; a bad one is one ConfigError naming ``job.options.OPTION``."""
     from mergekit.common import parse_kmb
 
+    try:
+        return parse_kmb(str(raw))
+    except ValueError:
+        raise ConfigError(f"job.options.{option}", f"bad size {raw!r}",
+                          f"use bytes with an optional K/M/B suffix, {example}") from None
+
+
+def chunk_size(options: dict[str, Any]) -> int:
+    """``job.options.chunk_size`` in bytes (null = 16M; 0 = merge every tensor whole), checked."""
     from hpc_merge.mergekit_adapter.chunked import DEFAULT_CHUNK_SIZE
 
     raw = options.get("chunk_size")
-    try:
-        size = parse_kmb(str(DEFAULT_CHUNK_SIZE if raw is None else raw))
-    except ValueError:
-        size = -1
+    example = "e.g. 16M, or 0 to merge whole tensors"
+    size = _size(DEFAULT_CHUNK_SIZE if raw is None else raw, "chunk_size", example)
     if size < 0:
         raise ConfigError("job.options.chunk_size", f"bad size {raw!r}",
-                          "use bytes with an optional K/M/B suffix, e.g. 16M, or 0 to merge whole tensors")
+                          f"use bytes with an optional K/M/B suffix, {example}")
     return size
 
 

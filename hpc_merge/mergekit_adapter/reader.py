@@ -72,10 +72,12 @@ class PreadSafetensors:
         return self._read(key, begin + start * row_bytes, (stop - start) * row_bytes).reshape(
             [stop - start, *shape[1:]])
 
-    def shape_dtype(self, key: str) -> tuple[list[int], str]:
-        """``(shape, torch dtype name)`` of ``key`` from the header (nothing read)."""
-        info = self.header[key]
-        return list(info["shape"]), _DTYPES.get(info["dtype"], info["dtype"])
+    def shape_dtype(self, key: str) -> tuple[list[int], str] | None:
+        """``(shape, torch dtype name)`` of ``key`` from the header (nothing read); None if absent or unreadable here."""
+        info = self.header.get(key)
+        if info is None or info["dtype"] not in _DTYPES:
+            return None
+        return list(info["shape"]), _DTYPES[info["dtype"]]
 
     def _read(self, key: str, offset: int, nbytes: int) -> torch.Tensor:
         """``nbytes`` at data ``offset`` into a fresh 1-D tensor of ``key``'s dtype."""
