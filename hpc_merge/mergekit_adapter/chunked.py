@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from mergekit.common import ModelReference, dtype_from_name
 from mergekit.graph import Task
-from mergekit.io.tasks import GatherTensors, LoaderCache
+from mergekit.io.tasks import GatherTensors, LoaderCache, LoadTensor
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 
 from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, NotStreamable, StreamingTrim, streaming
@@ -45,7 +45,7 @@ class ChunkedMerge(Task[torch.Tensor | None]):
     """A planned merge task run over row chunks read straight from the inputs' safetensors files."""
 
     inner: ExecuteMergeMethodTask
-    sources: tuple[tuple[ModelReference, str, str], ...]  # (model, shard file, tensor name)
+    sources: tuple[tuple[ModelReference, str, str, str | None], ...]  # (model, shard file, tensor name, dtype)
     shape: tuple[int, ...]
     rows_per_chunk: int
     streamed_trim: bool
@@ -60,7 +60,7 @@ class ChunkedMerge(Task[torch.Tensor | None]):
         return False
 
     def execute(self, **_kwargs: Any) -> torch.Tensor | None:
-        readers = {path: PreadSafetensors(path) for path in {p for _m, p, _n in self.sources}}
+        readers = {path: PreadSafetensors(path) for path in {source[1] for source in self.sources}}
         try:
             return self._merge(readers)
         except NotStreamable:  # e.g. float64 task vectors: merge the tensor whole, exactly as planned
@@ -70,53 +70,57 @@ class ChunkedMerge(Task[torch.Tensor | None]):
                 reader.close()
 
     def _rows(self, readers: dict[str, PreadSafetensors], start: int, stop: int) -> dict[ModelReference, torch.Tensor]:
-        """Each input's rows ``start:stop`` in the dtype its ``LoadTensor`` would have given it."""
-        gather = self.inner.gather_tensors
+        """Each input's rows ``start:stop`` in the dtype its planned ``LoadTensor`` would have given it."""
         out = {}
-        for model, path, name in self.sources:
+        for model, path, name, dtype in self.sources:
             x = readers[path].get_rows(name, start, stop)
-            wi = gather.weight_info[model]
-            if (dtype := wi.force_dtype or gather.dtype) and (target := dtype_from_name(dtype)) != x.dtype:
+            if dtype and (target := dtype_from_name(dtype)) != x.dtype:
                 x = x.to(dtype=target)
             out[model] = x
         return out
 
     def _merge(self, readers: dict[str, PreadSafetensors]) -> torch.Tensor | None:
-        rows = self.shape[0]
-        bounds = [(a, min(a + self.rows_per_chunk, rows)) for a in range(0, rows, self.rows_per_chunk)]
+        bounds = [(a, min(a + self.rows_per_chunk, self.shape[0])) for a in range(0, self.shape[0], self.rows_per_chunk)]
+        if not self.streamed_trim:
+            return self._merge_chunks(readers, bounds)
         trim = StreamingTrim(n_vectors=len(self.inner.model_order) - (self.inner.base_model is not None),
                              numel=int(torch.Size(self.shape).numel()))
-        with contextlib.ExitStack() as stack:
-            if self.streamed_trim:
-                stack.enter_context(streaming(trim))
-                while trim.needs_pass():
-                    for a, b in bounds:
-                        with contextlib.suppress(ChunkRecorded):
-                            self.inner.execute(tensors=self._rows(readers, a, b))
-                    trim.end_pass()
-            out: torch.Tensor | None = None
-            for a, b in bounds:
-                part = self.inner.execute(tensors=self._rows(readers, a, b))
-                if part is None:
-                    return None
-                if out is None:
-                    out = torch.empty(self.shape, dtype=part.dtype)
-                out[a:b] = part
-                del part
-            return out
+        with streaming(trim):
+            while trim.needs_pass():  # find every task vector's whole-tensor threshold first
+                for a, b in bounds:
+                    with contextlib.suppress(ChunkRecorded):
+                        self.inner.execute(tensors=self._rows(readers, a, b))
+                trim.end_pass()
+            return self._merge_chunks(readers, bounds)
+
+    def _merge_chunks(self, readers: dict[str, PreadSafetensors], bounds: list[tuple[int, int]]) -> torch.Tensor | None:
+        """The planned task on each row chunk, copied into one output tensor."""
+        out: torch.Tensor | None = None
+        for a, b in bounds:
+            part = self.inner.execute(tensors=self._rows(readers, a, b))
+            if part is None:
+                return None
+            if out is None:
+                out = torch.empty(self.shape, dtype=part.dtype)
+            out[a:b] = part
+            del part
+        return out
 
 
-def _source(model: ModelReference, wi: Any) -> tuple[str, str] | None:
-    """``(shard file, tensor name)`` holding ``wi`` in ``model``, if it is stored under a name we can read."""
+def _source(load: LoadTensor) -> tuple[str, str] | None:
+    """``(shard file, tensor name)`` the planned load reads, if it reads a stored safetensors tensor.
+
+    The name is resolved by mergekit's own ``LoadTensor`` (name, aliases, tied names); tensors it
+    would have to convert from another checkpoint layout stay whole.
+    """
     import os
 
-    loader = LoaderCache().get(model)
-    paths = getattr(getattr(loader, "index", None), "tensor_paths", None) or {}
-    for name in [wi.name, *(wi.aliases or ()), *(wi.tied_names or ())]:
-        if name in paths:
-            path = os.path.join(loader.index.base_path, paths[name])
-            return (path, name) if path.lower().endswith(".safetensors") else None
-    return None
+    loader = LoaderCache().get(load.model)
+    name = load._resolve_name(loader) if hasattr(loader, "index") else None
+    if name is None:
+        return None
+    path = os.path.join(loader.index.base_path, loader.index.tensor_paths[name])
+    return (path, name) if path.lower().endswith(".safetensors") else None
 
 
 class _Headers:
@@ -143,19 +147,19 @@ def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers) -> C
     streamed_trim = task.method_name == "ties"
     if streamed_trim and (trim_mode != "fast" or params.get("rescale")):
         return None
-    weight_info = task.gather_tensors.weight_info
-    if set(weight_info.keys()) != set(task.model_order):
+    loads = list(task.gather_tensors.arguments().values())
+    if {load.model for load in loads} != set(task.model_order):
         return None
     sources, shapes, largest = [], set(), 0
-    for model in task.model_order:
-        found = _source(model, weight_info[model])
+    for load in loads:
+        found = _source(load)
         meta = headers.get(*found) if found else None
         if meta is None or meta[1] not in _FLOAT:
             return None
         shape, dtype = meta
         shapes.add(tuple(shape))
         largest = max(largest, int(torch.Size(shape).numel()) * torch.empty(0, dtype=getattr(torch, dtype)).element_size())
-        sources.append((model, *found))
+        sources.append((load.model, *found, load.dtype))
     if len(shapes) != 1:
         return None
     (shape,) = shapes
