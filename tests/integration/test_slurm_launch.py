@@ -57,13 +57,16 @@ def test_cancelled_job_reports_cancelled(slurm_profile: dict, tmp_path: Path) ->
     job = make_executor(slurm_profile, tmp_path / "slurm", "sleeper").submit(slurm_jobs.sleep_long)
     seen: list[str] = []
 
-    def cancel_when_running() -> None:
-        deadline = time.monotonic() + 60
-        while not any("RUNNING" in s for s in seen) and time.monotonic() < deadline:
+    def cancel_once_it_printed() -> None:
+        # wait for the event the test checks (the job's line in its log file), not for RUNNING,
+        # which SLURM reports before the job's Python has started, let alone printed
+        stdout = Path(str(job.paths.stdout))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (stdout.is_file() and "sleeping" in stdout.read_text()):
             time.sleep(0.2)
         subprocess.run(["scancel", str(job.job_id)], check=True, timeout=30)
 
-    canceller = threading.Thread(target=cancel_when_running, daemon=True)
+    canceller = threading.Thread(target=cancel_once_it_printed, daemon=True)
     canceller.start()
     with pytest.raises(JobFailed) as info:
         wait(job, tmp_path, stream=seen.append, max_poll_s=2)
