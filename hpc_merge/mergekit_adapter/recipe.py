@@ -150,9 +150,16 @@ def _numbers(value: Any) -> list[float]:
 
 
 def _check_della(recipe: dict[str, Any], field: str) -> None:
-    """DELLA samples densities in density ± epsilon, which must stay inside (0, 1)."""
+    """DELLA samples densities in density ± epsilon, which must stay inside (0, 1).
+
+    The base model listed among ``models`` (the form mergekit's docs use) is not sampled: mergekit
+    never reads that entry's parameters, so its defaults must not refuse the recipe.
+    """
     top = recipe.get("parameters") or {}
+    base = recipe.get("base_model")
     for i, entry in enumerate(recipe.get("models") or []):
+        if base is not None and str(entry.get("model")) == str(base):
+            continue
         params = {**top, **(entry.get("parameters") or {})}
         eps = _numbers(params.get("epsilon", 0.15))
         for d in _numbers(params.get("density", 1.0)):
