@@ -8,11 +8,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bench.proc import PY, ROOT, Cmd
 
-MERGEKIT_YAML = str(ROOT / ".venv" / "bin" / "mergekit-yaml")
+
+def _mergekit_yaml_argv() -> list[str]:
+    """mergekit's console script beside this interpreter, else its entry point run by this interpreter."""
+    script = Path(PY).parent / "mergekit-yaml"
+    if os.access(script, os.X_OK):
+        return [str(script)]
+    return [PY, "-c", "import sys; from mergekit.scripts.run_yaml import main; sys.exit(main())"]
+
+
+MERGEKIT_YAML = _mergekit_yaml_argv()
 
 
 def hpc_merge(recipe: Path, out: Path, logs: Path, *overrides: str, probe: bool = False) -> Cmd:
@@ -24,7 +34,7 @@ def hpc_merge(recipe: Path, out: Path, logs: Path, *overrides: str, probe: bool 
 
 def mergekit_yaml(recipe: Path, out: Path, *flags: str, probe: bool = False) -> Cmd:
     """``mergekit-yaml RECIPE OUT`` (its console script, or its entry point under the probe)."""
-    argv = ["-e", "mergekit.scripts.run_yaml:main"] if probe else [MERGEKIT_YAML]
+    argv = ["-e", "mergekit.scripts.run_yaml:main"] if probe else list(MERGEKIT_YAML)
     return Cmd([*argv, str(recipe), str(out), *flags], cleanup=[out], probe=probe)
 
 

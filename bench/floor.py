@@ -33,7 +33,7 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor | None:
 
     The product's exact-k trim (``hpc_merge/mergekit_adapter/trim.py``), copied so the floor imports
     nothing but torch: the k-th largest from a histogram of bf16 bit patterns (one O(n) pass) or
-    ``kthvalue``, ties at the threshold kept by lowest index.
+    ``kthvalue``, ties at the threshold kept by lowest index (located by block counts, as the product does).
     """
     if density >= 1:
         return None
@@ -51,8 +51,20 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor | None:
         threshold = torch.kthvalue(keys, n - k + 1).values
         above = int((keys > threshold).sum())
     keep = keys > threshold
-    if k > above:
-        keep[(keys == threshold).nonzero().squeeze(1)[:k - above]] = True
+    if k > above:  # the first k - above ties by flat index: count ties per 128-element block, cut in one block
+        eq = keys == threshold
+        n = eq.numel()
+        full = n - n % 128
+        words = eq[:full].view(torch.uint8).view(torch.int64).view(-1, 16).sum(1)
+        words += words >> 8
+        words += words >> 16
+        words += words >> 32
+        cumulative = torch.cat([words & 0xFF, eq[full:].sum().view(1)]).cumsum(0)
+        need = k - above
+        block = int(torch.searchsorted(cumulative, need))
+        before = int(cumulative[block - 1]) if block else 0
+        cut = block * 128 + int(eq[block * 128:block * 128 + 128].nonzero()[need - before - 1]) + 1
+        keep[:cut] |= eq[:cut]
     return keep.view(delta.shape)
 
 

@@ -1,10 +1,16 @@
 """Benchmark inputs: Qwen2.5-0.5B-shaped random models in bf16 safetensors, built once, cached.
 
 Weights are drawn tensor by tensor with a seeded generator and written with ``save_file``
-directly (no model object, no float32 copy), which builds a 0.5B model in seconds. A
-"fine-tune" is the base plus a small seeded perturbation, so task vectors are dense and TIES
-has real signs and magnitudes to elect. The config comes from ``hpc_merge.models.tiny`` and the
-tokenizer from ``hpc_merge.models.tokenizer``, so every model loads in transformers.
+directly (no model object, no float32 copy), which builds a 0.5B model in seconds. The config
+comes from ``hpc_merge.models.tiny`` and the tokenizer from ``hpc_merge.models.tokenizer``, so
+every model loads in transformers. A "fine-tune" is the base plus a seeded perturbation; two
+kinds (two distributions of task vectors, every timing target must hold on both):
+
+- ``dense`` (the original inputs): base + 0.002 · N(0, 1) in bf16 arithmetic — about 10 % of the
+  weights' spread, so task-vector magnitudes are nearly all distinct and trims have few ties;
+- ``bf16ft`` (what real bf16 fine-tunes look like): base + 1 % of each tensor's std · N(0, 1),
+  computed in float32 and stored bf16 — a task vector of a few bf16 ulps: ~17 % exact zeros and
+  a few thousand distinct magnitudes per tensor, so ties at any trim threshold are the rule.
 """
 
 from __future__ import annotations
@@ -57,15 +63,18 @@ QUICK_XS = Shape("3M", 8192, 128, 512, 4, 2, 1)
 
 #: Names of the models built per shape: a base and fine-tunes (seeded perturbations of it).
 NAMES = ("base", "ft1", "ft2", "ft3", "ft4")
+#: Kinds of fine-tune (see the module docstring); ``dense`` is the default everywhere.
+KINDS = ("dense", "bf16ft")
 
 
 def _key(shape: Shape) -> str:
     return hashlib.sha256(json.dumps([_VERSION, asdict(shape)]).encode()).hexdigest()[:10]
 
 
-def model_dir(shape: Shape, name: str) -> Path:
-    """Where model ``name`` of ``shape`` lives in the cache."""
-    return CACHE / "models" / f"{shape.label}-{_key(shape)}" / name
+def model_dir(shape: Shape, name: str, kind: str = "dense") -> Path:
+    """Where model ``name`` of ``shape`` (fine-tunes of ``kind``) lives in the cache; both kinds share the base."""
+    folder = name if kind == "dense" or name == "base" else f"{name}-{kind}"
+    return CACHE / "models" / f"{shape.label}-{_key(shape)}" / folder
 
 
 def _tensor_specs(shape: Shape) -> list[tuple[str, tuple[int, ...]]]:
@@ -103,12 +112,12 @@ def _tokenizer_files() -> Path:
     return out
 
 
-def _write_model(shape: Shape, name: str, out: Path) -> None:
+def _write_model(shape: Shape, name: str, out: Path, kind: str = "dense") -> None:
     import torch
     from safetensors.torch import save_file
 
     seed = NAMES.index(name)
-    gen = torch.Generator().manual_seed(1000 + seed)
+    gen = torch.Generator().manual_seed(1000 + seed + (100 if kind == "bf16ft" else 0))
     base = None
     if name != "base":
         from safetensors import safe_open
@@ -122,6 +131,10 @@ def _write_model(shape: Shape, name: str, out: Path) -> None:
                 t = t + 0.01 * torch.randn(tshape, generator=gen, dtype=torch.bfloat16)
         elif base is None:
             t = 0.02 * torch.randn(tshape, generator=gen, dtype=torch.bfloat16)
+        elif kind == "bf16ft":  # a few bf16 ulps: 1 % of the tensor's spread, rounded to bf16 once
+            b = base.get_tensor(tname).float()
+            t = (b + 0.01 * b.std() * torch.randn(tshape, generator=gen)).to(torch.bfloat16)
+            del b
         else:  # a fine-tune: base + dense, seeded task vector
             t = base.get_tensor(tname) + 0.002 * torch.randn(tshape, generator=gen, dtype=torch.bfloat16)
         tensors[tname] = t.contiguous()
@@ -136,18 +149,20 @@ def _write_model(shape: Shape, name: str, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def ensure_model(shape: Shape, name: str) -> Path:
+def ensure_model(shape: Shape, name: str, kind: str = "dense") -> Path:
     """Path of model ``name`` (``base``, ``ft1``..``ft4``) of ``shape``, built on first use."""
-    out = model_dir(shape, name)
+    if kind not in KINDS:
+        raise ValueError(f"unknown input kind {kind!r}; use one of {KINDS}")
+    out = model_dir(shape, name, kind)
     if not (out / "model.safetensors").exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        _write_model(shape, name, out)
+        _write_model(shape, name, out, kind)
     return out
 
 
-def ensure_models(shape: Shape, n: int) -> list[Path]:
-    """The base and ``n - 1`` fine-tunes of ``shape``."""
-    return [ensure_model(shape, name) for name in NAMES[:n]]
+def ensure_models(shape: Shape, n: int, kind: str = "dense") -> list[Path]:
+    """The base and ``n - 1`` fine-tunes of ``shape`` (of ``kind``)."""
+    return [ensure_model(shape, name, kind) for name in NAMES[:n]]
 
 
 def recipe(method: str, models: list[Path], dtype: str = "bfloat16") -> dict:

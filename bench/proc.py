@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+PY = sys.executable  # the environment that runs the bench runs every command (not a fixed .venv)
 PROBE = str(ROOT / "bench" / "probe.py")
 TIME = "/usr/bin/time"
 

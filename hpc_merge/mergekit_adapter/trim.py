@@ -98,16 +98,62 @@ def magnitude_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
     return keep.view(tensor.shape)
 
 
+_TIE_BLOCK = 128  # elements per tie-count block: 16 int64 words of bools, every byte lane of their sum ≤ 16
+
+
+def _block_counts(eq: torch.Tensor) -> torch.Tensor:
+    """True elements per block of 128 of a flat bool tensor (the last block may be shorter), as int64.
+
+    A ``sum`` of bools along a dimension is slow on CPU (it widens every element); here the bools
+    are read 8 at a time as int64 words: 16 words summed hold, in each byte lane, a count ≤ 16, and
+    three shift-adds fold the 8 lanes into the low byte (≤ 128, no carry).
+    """
+    import torch
+
+    n = eq.numel()
+    full = n - n % _TIE_BLOCK
+    parts = []
+    if full:
+        words = eq[:full].view(torch.uint8).view(torch.int64).view(-1, _TIE_BLOCK // 8).sum(1)
+        words += words >> 8
+        words += words >> 16
+        words += words >> 32
+        parts.append(words & 0xFF)
+    if full < n:
+        parts.append(eq[full:].sum().view(1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def keep_ties(keep: torch.Tensor, keys: torch.Tensor, threshold: Any, need: int) -> int:
     """Add the first ``need`` elements whose key equals ``threshold``, lowest flat index first, to ``keep``.
 
     The one tie rule of the exact trim, whole tensor or row chunk by row chunk; returns how many it kept.
+    ``keep`` and ``keys`` are contiguous and of equal shape.
+
+    Why not ``nonzero`` of the equality mask: on real bf16 task vectors (a few ulps, see
+    ``bench/inputs.py``) a threshold is shared by up to a fifth of the elements, and listing and
+    scattering their indices was most of the trim. Instead the cut is located by counting ties per
+    block of 128 elements (:func:`_block_counts`), a cumulative sum over the blocks and a
+    ``nonzero`` inside the one block where the count reaches ``need``; every tie before the cut is
+    then kept with one vectorised OR over the prefix.
     """
+    import torch
+
     if need <= 0:
         return 0
-    ties = (keys == threshold).nonzero().squeeze(1)[:need]
-    keep[ties] = True
-    return ties.numel()
+    flat_keep, eq = keep.view(-1), (keys == threshold).reshape(-1)
+    cumulative = _block_counts(eq).cumsum(0)
+    total = int(cumulative[-1]) if cumulative.numel() else 0
+    if total <= need:  # every tie is kept
+        flat_keep.logical_or_(eq)
+        return total
+    block = int(torch.searchsorted(cumulative, need))  # first block whose cumulative count reaches need
+    before = int(cumulative[block - 1]) if block else 0
+    start = block * _TIE_BLOCK
+    inside = eq[start:start + _TIE_BLOCK].nonzero()
+    cut = start + int(inside[need - before - 1]) + 1  # one past the need-th tie
+    flat_keep[:cut].logical_or_(eq[:cut])
+    return need
 
 
 def exact_magnitude(tensor: torch.Tensor, density: float, rescale_norm: Any = None) -> torch.Tensor:

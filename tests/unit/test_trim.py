@@ -49,6 +49,23 @@ def test_ties_broken_by_lowest_index() -> None:
         assert kept == [0, 1, 2, 10, 11, 12, 13, 14], dtype
 
 
+@pytest.mark.parametrize("n", [1, 127, 128, 129, 1000, 4096 + 77])
+def test_keep_ties_is_the_first_need_ties_by_index(n: int) -> None:
+    """Massive ties (a handful of distinct keys, as on real bf16 task vectors): block counting
+    finds exactly the first ``need`` tied elements, for every need including none and all."""
+    from hpc_merge.mergekit_adapter.trim import keep_ties
+
+    g = torch.Generator().manual_seed(n)
+    keys = torch.randint(0, 4, (n,), generator=g, dtype=torch.int16)
+    ties = (keys == 2).nonzero().squeeze(1)
+    for need in sorted({-1, 0, 1, 2, len(ties) // 2, len(ties) - 1, len(ties), len(ties) + 5}):
+        keep = keys > 2
+        kept = keep_ties(keep, keys, 2, need)
+        expected = keys > 2
+        expected[ties[:max(0, need)]] = True
+        assert kept == min(max(0, need), len(ties)) and torch.equal(keep, expected), (n, need)
+
+
 def test_output_bit_identical_outside_ties_and_edge_cases() -> None:
     """Same values as mergekit where both keep an element, rescaling included; trivial densities alike."""
     from mergekit.sparsify import RescaleNorm, magnitude
