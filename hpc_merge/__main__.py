@@ -5,14 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUBCOMMANDS = ("monitor", "sbatch", "fetch")
+SUBCOMMANDS = ("monitor", "sbatch", "fetch", "sweep-report")
 
 
 def main() -> None:
     """Dispatch a subcommand, else hand the command line to Hydra."""
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         sub = sys.argv.pop(1)
-        sys.exit(importlib.import_module(f"hpc_merge.{sub}").main(sys.argv[1:]))
+        sys.exit(importlib.import_module(f"hpc_merge.{sub.replace('-', '.')}").main(sys.argv[1:]))
 
     import os
 

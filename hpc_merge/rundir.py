@@ -37,3 +37,16 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
         return json.loads((run_dir / "result.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def reusable_result(run_dir: Path) -> dict[str, Any] | None:
+    """The result of an earlier successful run of this exact config whose output still exists.
+
+    A deduplicated run is skipped only while its model is there (a run that writes no model, such
+    as an evolution, is done once it succeeded): the same rule for single runs and sweep points.
+    """
+    previous = read_result(run_dir)
+    if not previous or previous.get("status") != "ok":
+        return None
+    out = previous.get("output_model")
+    return None if out and not Path(out, "config.json").is_file() else previous

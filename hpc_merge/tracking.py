@@ -10,6 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+#: Environment variable naming the W&B group of a run (a sweep's points share one).
+GROUP_ENV = "HPC_MERGE_WANDB_GROUP"
+
 
 class Tracker:
     """No-op tracker (``logger=none``); the base of :class:`WandbTracker`."""
@@ -75,4 +78,5 @@ def make_tracker(logger: dict[str, Any] | None, run_dir: Path, name: str, config
         return Tracker()
     if logger["kind"] != "wandb":
         raise ValueError(f"unknown logger.kind {logger['kind']!r}")
-    return WandbTracker(logger, run_dir, name, config, job_type=job_type, group=group)
+    # the points of a sweep share one W&B group, set by the sweep launcher for its tasks
+    return WandbTracker(logger, run_dir, name, config, job_type=job_type, group=os.environ.get(GROUP_ENV) or group)

@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from hpc_merge.monitor import slurmq
+from hpc_merge.sweep import sweepfile
 
 STATES = ("pending", "running", "ok", "failed", "cancelled", "dead")
 ENDED_STATES = frozenset({"ok", "failed", "cancelled", "dead"})
 RUN_MARKERS = ("status.json", "config.yaml", "result.json")
-#: Folders under ``logs/`` that hold Hydra's own outputs, not run dirs.
-NOT_RUNS = frozenset({"hydra", "multirun", ".hydra"})
+#: Folders under ``logs/`` that hold Hydra's own outputs, or sweep folders (read through their
+#: ``sweep.json``), not run dirs.
+NOT_RUNS = frozenset({"hydra", "multirun", ".hydra", "sweeps"})
 DEFAULT_STALE_AFTER_S = 15 * 60
 _SUBMITIT_ID = re.compile(r"^(\d+(?:_\d+)?)_(?:submitted\.pkl|\d+_log\.(?:out|err)|\d+_result\.pkl)$")
 
@@ -70,6 +72,7 @@ class RunInfo:
     error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
+    sweep: str | None = None  # the sweep (``logs/sweeps/<sweep_id>``) the run is a point of
 
     @property
     def ended(self) -> bool:
@@ -285,10 +288,30 @@ class Reader:
             self._slurm_at, self._slurm_ids = now, frozenset(ids)
         return self._slurm if self._slurm_ok else None
 
+    def sweeps(self) -> tuple[dict[str, str], list[str]]:
+        """``({run_dir: sweep_id}, run dirs of the sweeps named as roots)`` for the sweeps named by
+        the roots or kept in ``<root>/sweeps/`` (a run that several sweeps share belongs to the newest)."""
+        members: dict[str, str] = {}
+        named: list[str] = []
+        direct = {Path(r).resolve() for r in self.roots if sweepfile.is_sweep_dir(r)}
+        for folder in sorted(sweepfile.sweeps_under(self.roots), key=lambda p: p.name):
+            try:
+                data = sweepfile.read_sweep(folder)
+            except (OSError, ValueError):
+                continue
+            dirs = [str(Path(d).resolve()) for d in sweepfile.run_dirs(data)]
+            members.update(dict.fromkeys(dirs, str(data.get("sweep_id") or folder.name)))
+            if folder in direct:
+                named += dirs
+        return members, named
+
     def snapshot(self) -> list[RunInfo]:
-        """One :class:`RunInfo` per run dir, most recently active first."""
+        """One :class:`RunInfo` per run dir: runs of no sweep first, then each sweep's runs
+        together; within a group the most recently active first."""
+        members, named = self.sweeps()
+        roots = [r for r in self.roots if not sweepfile.is_sweep_dir(r)]
         runs = []
-        for run_dir in discover(self.roots):
+        for run_dir in discover([*roots, *named]):
             status = _read_json(run_dir / "status.json")
             result = _read_json(run_dir / "result.json")
             runs.append((run_dir, status, result, slurm_job_id(run_dir, status)))
@@ -297,7 +320,11 @@ class Reader:
         host, now = socket.gethostname(), time.time()
         infos = [self._info(d, s, r, j, states.get(j) if j and asked else None, host, now)
                  for d, s, r, j in runs]
-        return sorted(infos, key=lambda i: (i.ended, -(i.updated_at or 0.0), i.run_dir))[: self.limit]
+        for info in infos:
+            info.sweep = members.get(info.run_dir)
+        kept = sorted(infos, key=lambda i: (i.ended, -(i.updated_at or 0.0), i.run_dir))[: self.limit]
+        order = {sweep: n for n, sweep in enumerate(dict.fromkeys(i.sweep for i in kept if i.sweep))}
+        return sorted(kept, key=lambda i: -1 if i.sweep is None else order[i.sweep])  # stable: groups keep their order
 
     def _info(self, run_dir: Path, status: dict[str, Any], result: dict[str, Any], job_id: str | None,
               slurm_state: str | None, host: str, now: float) -> RunInfo:

@@ -123,6 +123,17 @@ def _table(runs: Sequence[RunInfo], now: float) -> tuple[list[str], list[list[st
     return [COLUMNS[i] for i in keep], [[row[i] for i in keep] for row in rows], keep
 
 
+def sweep_heading(runs: Sequence[RunInfo], sweep: str) -> str:
+    """``sweep 2026-12-02_07-10-11-demo: 12 runs (10 ok, 2 running)``: the line above a sweep's runs."""
+    tally: dict[str, int] = {}
+    for run in runs:
+        if run.sweep == sweep:
+            tally[run.state] = tally.get(run.state, 0) + 1
+    parts = ", ".join(f"{n} {state}" for state, n in sorted(tally.items(), key=lambda kv: -kv[1]))
+    total = sum(tally.values())
+    return f"sweep {sweep}: {total} run{'s' if total != 1 else ''} ({parts})"
+
+
 def plain_snapshot(runs: Sequence[RunInfo], selected: int = 0, log_lines: int = 8,
                    now: float | None = None) -> str:
     """A plain-text table of ``runs`` and the selected run's last log lines."""
@@ -132,7 +143,13 @@ def plain_snapshot(runs: Sequence[RunInfo], selected: int = 0, log_lines: int = 
     header, body, _ = _table(runs, now)
     rows = [header, *body]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    out, group = lines[:1], None
+    for run, line in zip(runs, lines[1:], strict=True):  # a sweep's runs under one heading
+        if run.sweep != group and run.sweep is not None:
+            out.append(f"── {sweep_heading(runs, run.sweep)}")
+        group = run.sweep
+        out.append(line)
     for run in runs:
         if detail_text(run):
             out.append(f"{run_label(run)}: {run.state}: {detail_text(run)}")
@@ -157,7 +174,14 @@ def render(runs: Sequence[RunInfo], selected: int = 0, log_lines: int = 8,
         else:
             table.add_column(name, no_wrap=True, overflow="ellipsis")
     progress_col = header.index("PROGRESS")
+    group = None
     for i, (run, cells) in enumerate(zip(runs, body, strict=True)):
+        if run.sweep != group and run.sweep is not None:  # a sweep's runs under one heading
+            table.add_section()
+            heading = [Text("")] * len(header)
+            heading[header.index("RUN")] = Text(sweep_heading(runs, run.sweep), style="bold")
+            table.add_row(*heading)
+        group = run.sweep
         row: list[RenderableType] = [Text(c) for c in cells]
         row[0] = Text(run.state, style=STYLE.get(run.state, ""))
         if run.progress is not None:
