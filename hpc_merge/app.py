@@ -72,21 +72,27 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     if cfg.job.get("dry_run"):
         print(mod.describe(cfg, plan))
         return None
-    previous = read_result(run_dir)
-    if previous and previous.get("status") == "ok" and not cfg.get("force"):
-        gone = previous.get("output_model") and not Path(previous["output_model"], "config.json").is_file()
-        if not gone:
-            print(f"skipped: this exact config already ran successfully (run {run_dir.name}); "
-                  f"use force=true to run it again")
-            print(f"run_dir: {run_dir}")
-            return previous
-        print(f"run {run_dir.name} ran this exact config, but its output {previous['output_model']} is gone: "
-              "running it again")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    from hpc_merge.launch import launch
+    from hpc_merge import runlock
 
-    result = launch(kind, cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = runlock.acquire(run_dir)  # a second identical run stops here, naming the holder
+    try:
+        previous = read_result(run_dir)
+        if previous and previous.get("status") == "ok" and not cfg.get("force"):
+            gone = previous.get("output_model") and not Path(previous["output_model"], "config.json").is_file()
+            if not gone:
+                print(f"skipped: this exact config already ran successfully (run {run_dir.name}); "
+                      f"use force=true to run it again")
+                print(f"run_dir: {run_dir}")
+                return previous
+            print(f"run {run_dir.name} ran this exact config, but its output {previous['output_model']} is gone: "
+                  "running it again")
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        from hpc_merge.launch import launch
+
+        result = launch(kind, cfg, run_dir, on_submit=lock.hand_to_slurm)
+    finally:
+        lock.release()
     if result is not None:
         summary = {k: result.get(k) for k in ("status", "output_model", "metrics", "timings") if k in result}
         print(json.dumps(summary, indent=2, default=str))

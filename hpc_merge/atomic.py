@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+#: ``.NAME.tmp-PID@HOST-XXXX`` (a folder being written) / ``.NAME.old-PID@HOST-XXXX`` (being replaced):
+#: the writer's pid and host are in the name, so a later run can tell a dead writer's leftovers.
+_SIDE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)@(?P<host>[^@/]+?)-(?P<rand>[a-z0-9_]+)$")
 
 
 def write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:
@@ -54,30 +60,97 @@ def fix_permissions(folder: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(dest: str | Path, overwrite: bool = False, finish: Callable[[Path], None] | None = None,
+               replace_if: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temp folder beside ``dest``; rename it to ``dest`` only if the block succeeds.
 
-    A killed or failed writer leaves only a ``.dest.tmp-*`` folder, never a ``dest`` that looks
-    complete. With ``overwrite`` an existing ``dest`` is replaced after the new one is complete.
+    A killed or failed writer leaves only a ``.dest.tmp-PID@HOST-*`` folder, never a ``dest`` that
+    looks complete; the next writer in the same folder removes such leftovers of dead processes.
+    With ``overwrite`` an existing ``dest`` is replaced after the new one is complete, but only if
+    ``replace_if(dest)`` (when given) allows it. ``finish(tmp)`` runs last, before the rename.
+    A full disk is one :class:`~hpc_merge.errors.JobFailed` line, with the temp folder removed.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    remove_stale_siblings(dest.parent)
+    tag = _owner_tag()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{tag}-", dir=dest.parent))
     try:
         yield tmp
+        if finish is not None:
+            finish(tmp)
         fix_permissions(tmp)
-        if dest.exists():
+        if dest.exists() or dest.is_symlink():
             if not overwrite:
                 raise FileExistsError(f"{dest} already exists")
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            if replace_if is not None and not replace_if(dest):
+                from hpc_merge.errors import JobFailed
+
+                raise JobFailed(f"{dest} appeared while the output was written and was not written by "
+                                "hpc_merge: left as it is; the new output was not moved in")
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-{tag}-", dir=dest.parent))
             os.replace(dest, old)
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(exc):
+            from hpc_merge.errors import JobFailed
+
+            free = shutil.disk_usage(dest.parent).free
+            raise JobFailed(f"no space left on the device while writing {dest} ({free / 1e9:.2f} GB free now; "
+                            "the partial output was removed): free space there or choose another output "
+                            "folder") from None
         raise
+
+
+def _owner_tag() -> str:
+    from hpc_merge.owner import hostname
+
+    return f"{os.getpid()}@{hostname()}"
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC anywhere in the exception chain (writers wrap it: safetensors, our write thread)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if (isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT)) \
+                or "No space left on device" in str(cur) or "os error 28" in str(cur):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def remove_stale_siblings(folder: Path) -> list[Path]:
+    """Remove the ``.NAME.tmp-*`` folders in ``folder`` left by dead writers on this host.
+
+    Only names this module makes are touched, only when their writer (pid on this host) is gone;
+    a writer on another host cannot be checked and its folder is left alone. A ``.NAME.old-*``
+    (a dead writer stopped between its two renames) is put back as ``NAME`` when that is missing.
+    """
+    from hpc_merge.owner import hostname, pid_alive
+
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    here = hostname()
+    for p in entries:
+        m = _SIDE.match(p.name)
+        if not m or m["host"] != here or not p.is_dir() or p.is_symlink() or pid_alive(int(m["pid"])):
+            continue
+        target = folder / m["name"]
+        if m["kind"] == "old" and not (target.exists() or target.is_symlink()):
+            os.replace(p, target)
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
 
 
 def cache_dir() -> Path:

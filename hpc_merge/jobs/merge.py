@@ -11,9 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from hpc_merge import archcheck
 from hpc_merge import mergekit_adapter as mk
-from hpc_merge.atomic import atomic_dir
 from hpc_merge.errors import ConfigError, did_you_mean
+from hpc_merge.models.inputcheck import check_inputs
 from hpc_merge.models.resolve import resolve_model
+from hpc_merge.outputs import check_output, model_dir
 from hpc_merge.status import update_status
 
 
@@ -75,9 +76,6 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     opts = OmegaConf.to_container(cfg.job.options, resolve=True)
     mk.merge_options(opts)  # option errors now, not in the job
     gpu_options = gpu_options_of(cfg, opts)
-    if cfg.get("output") and Path(str(cfg.output)).exists() and any(Path(str(cfg.output)).iterdir()) \
-            and not cfg.get("force"):
-        raise ConfigError("output", f"{cfg.output} exists and is not empty", "choose a new folder or pass force=true")
     stages, done, findings, all_paths = [], [], [], {}
     for name, st, field in stages_of(recipe):
         mk.check_recipe(st, field)
@@ -106,8 +104,32 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         all_paths.update(paths)
         done.append(name)
     est = _estimate(stages)
+    inputs, donors = _input_fields(stages)
+    check_inputs(inputs, donors, allow_pickle=bool(cfg.job.get("allow_pickle", False)),
+                 trust_remote_code=bool(opts.get("trust_remote_code")))
+    output = check_output(cfg, inputs, est.get("write_bytes", 0), est.get("write_bytes", 0) * (len(stages) - 1))
     return {"stages": stages, "findings": findings, "estimate": est, "options": opts, "gpu_options": gpu_options,
-            "inputs": all_paths}
+            "inputs": all_paths, "output": str(output)}
+
+
+def _input_fields(stages: list[dict[str, Any]]) -> tuple[dict[str, Path], dict[str, Path]]:
+    """``({field: folder} of every input model, {field: folder} of each stage's tokenizer donor})``.
+
+    The donor is the one the merge copies the tokenizer from: ``tokenizer_source: model:X``, else
+    the base model, else the first model; a ``union`` tokenizer is built, an earlier stage's is checked there.
+    """
+    inputs: dict[str, Path] = {}
+    donors: dict[str, Path] = {}
+    for st in stages:
+        refs = [(f"{st['field']}.{sub}", ref) for sub, ref in mk.model_refs(st["recipe"])]
+        inputs.update({f: Path(st["paths"][ref]) for f, ref in refs if ref in st["paths"]})
+        ts = st["recipe"].get("tokenizer_source")
+        if ts == "union" or not refs:
+            continue
+        f, ref = next(((f, r) for f, r in refs if f.endswith(".tokenizer_source")), refs[0])
+        if ref in st["paths"]:
+            donors[f] = Path(st["paths"][ref])
+    return inputs, donors
 
 
 def _estimate(stages: list[dict[str, Any]]) -> dict[str, float]:
@@ -158,7 +180,7 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
             update_status(run_dir, phase=f"merge:{stage}", **p, bytes_read=read, bytes_written=written,
                           throughput_mb_s=read / elapsed / 1e6, eta_s=elapsed * (1 - frac) / max(frac, 1e-6))
 
-        with atomic_dir(stage_out[st["name"]], overwrite=True) as tmp:
+        with model_dir(stage_out[st["name"]], run_dir, bool(plan["options"].get("trust_remote_code"))) as tmp:
             mk.run_mergekit(config, tmp, effective_options(plan), progress=progress)
             from hpc_merge.modelcard import write_card
 

@@ -15,7 +15,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from hpc_merge.errors import ConfigError
+from hpc_merge.models.inputcheck import check_inputs
 from hpc_merge.moe.recipe import PROMPT_GATE_MODES, MoePlan, head_dim, read_config, validate_recipe
+from hpc_merge.outputs import check_output, output_hooks
 from hpc_merge.status import update_status
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -73,12 +75,17 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
 
     merge_options(opts)  # option errors now, not in the job
     output = cfg.get("output")
-    if output and Path(str(output)).expanduser().exists() and any(Path(str(output)).expanduser().iterdir()) \
-            and not cfg.get("force"):
-        raise ConfigError("output", f"{output} exists and is not empty", "choose a new folder or pass force=true")
     plan = validate_recipe(recipe, field_prefix="moe")
-    return {"moe": plan.to_dict(), "options": opts, "findings": list(plan.findings), "estimate": estimate(plan),
+    est = estimate(plan)
+    inputs = {"moe.base_model": Path(plan.base_path),
+              **{f"moe.experts[{i}].source_model": Path(e.path) for i, e in enumerate(plan.experts)},
+              **{f"moe.shared_experts[{i}].source_model": Path(e.path) for i, e in enumerate(plan.shared_experts)}}
+    check_inputs(inputs, {"moe.base_model": Path(plan.base_path)}, allow_pickle=bool(cfg.job.get("allow_pickle", False)),
+                 trust_remote_code=bool(opts.get("trust_remote_code")))
+    check_output(cfg, inputs, est["write_gb"] * 1e9)
+    return {"moe": plan.to_dict(), "options": opts, "findings": list(plan.findings), "estimate": est,
             "output": str(Path(str(output)).expanduser().resolve()) if output else None}
+
 
 
 def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
@@ -105,7 +112,8 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
     p = MoePlan.from_dict(plan["moe"])
     output = Path(plan["output"]) if plan.get("output") else run_dir / "model"
     update_status(run_dir, phase="build_moe")
-    info = build_moe(p, output, build_options(plan["options"]), overwrite=True)
+    info = build_moe(p, output, build_options(plan["options"]), overwrite=True,
+                     **output_hooks(run_dir, bool(plan["options"].get("trust_remote_code"))))
     timings: dict[str, float] = dict(info.pop("timings"))
     size = sum(f.stat().st_size for f in output.glob("*.safetensors"))
     metrics: dict[str, Any] = {"output_bytes": size, "n_experts": len(p.experts), "output_arch": p.output_arch}

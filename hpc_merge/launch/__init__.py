@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 
-def launch(kind: str, cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+def launch(kind: str, cfg: DictConfig, run_dir: Path,
+           on_submit: Callable[[str], None] | None = None) -> dict[str, Any] | None:
     """Run job ``kind`` for ``cfg`` with ``run_dir`` where ``cfg.cluster`` says.
 
     Returns the job's result, or ``None`` when a SLURM job was submitted with ``cluster.wait=false``.
+    ``on_submit(job_id)`` is called as soon as SLURM accepted the job (the run lock moves to it).
     """
     cluster = OmegaConf.to_container(cfg.cluster, resolve=True) if cfg.get("cluster") else {"kind": "local"}
     data = OmegaConf.to_container(cfg, resolve=True)
@@ -26,6 +29,8 @@ def launch(kind: str, cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     from hpc_merge.launch import slurm
 
     job = slurm.submit_job(cluster, run_dir, kind, data)
+    if on_submit is not None:
+        on_submit(str(job.job_id))
     print(f"submitted SLURM job {job.job_id} ({kind}); logs: {run_dir / 'slurm'}", flush=True)
     if not cluster.get("wait", True):
         print(f"not waiting (cluster.wait=false). Follow it with: squeue -j {job.job_id}; "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,13 @@ def copy_tokenizer(src: str | Path, dest: Path) -> list[str]:
 
 
 def build_moe(plan: MoePlan, out_dir: str | Path, options: BuildOptions | None = None,
-              overwrite: bool = False) -> dict[str, Any]:
-    """Write the MoE described by ``plan`` to ``out_dir``; returns what was built and timings."""
+              overwrite: bool = False, finish: Callable[[Path], None] | None = None,
+              replace_if: Callable[[Path], bool] | None = None) -> dict[str, Any]:
+    """Write the MoE described by ``plan`` to ``out_dir``; returns what was built and timings.
+
+    ``finish`` and ``replace_if`` go to :func:`~hpc_merge.atomic.atomic_dir` (the job marks its
+    output as hpc_merge's and replaces only what it may: :func:`hpc_merge.outputs.output_hooks`).
+    """
     import torch
 
     options = options or BuildOptions()
@@ -77,7 +83,7 @@ def build_moe(plan: MoePlan, out_dir: str | Path, options: BuildOptions | None =
 
     router, shared = gate_vectors(plan, device=options.resolved_device(), seed=options.random_seed)
     timings["gates_s"] = round(time.time() - t0, 3)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, finish=finish, replace_if=replace_if) as tmp:
         t1 = time.time()
         torch.manual_seed(options.random_seed)  # noise_scale draws from the global RNG
         if plan.writer == "mergekit":
