@@ -45,6 +45,7 @@ class Sample:
     wall_s: float
     peak_rss_mb: float
     first_read_s: float | None = None  # from command start to the first tensor read (probe only)
+    cpu_s: float | None = None  # user + system CPU seconds of the command (less load-sensitive than wall)
     ready_s: float | None = None  # from command start to the probe's first line (interpreter up)
 
 
@@ -70,16 +71,16 @@ def run_once(cmd: Cmd, cwd: Path = ROOT) -> Sample:
     os.close(fd)
     with tempfile.TemporaryFile() as log:
         t0 = time.time()
-        rc = subprocess.call([TIME, "-f", "%M", "-o", rss_file, *argv], cwd=cwd, env=env, stdout=log,
+        rc = subprocess.call([TIME, "-f", "%U %S %M", "-o", rss_file, *argv], cwd=cwd, env=env, stdout=log,
                              stderr=subprocess.STDOUT)
         wall = time.time() - t0
         if rc != 0:
             log.seek(0)
             tail = log.read().decode(errors="replace")[-3000:]
             raise RuntimeError(f"command failed ({rc}): {' '.join(argv)}\n{tail}")
-    peak_kb = int(Path(rss_file).read_text().split()[-1])
+    user, system, peak_kb = Path(rss_file).read_text().split()[-3:]
     os.unlink(rss_file)
-    sample = Sample(wall_s=wall, peak_rss_mb=peak_kb / 1024)
+    sample = Sample(wall_s=wall, peak_rss_mb=int(peak_kb) / 1024, cpu_s=float(user) + float(system))
     if marks:
         stamps = dict(line.split() for line in Path(marks).read_text().splitlines() if line.strip())
         os.unlink(marks)

@@ -3,6 +3,7 @@
     python bench/run.py --quick            # every benchmark at small sizes (≤ 10 min here)
     python bench/run.py                    # the sizes (three 0.5B models; ≥ 50 min on this loaded machine)
     python bench/run.py --only merge,memory --reps 5
+    python bench/run.py --only methods     # all 20 methods, both input kinds (see bench/methods.py)
 
 Tables go to stdout and to ``bench/results/latest.md`` (full) or ``bench/results/quick.md``
 (``--quick``), with the machine's load before and after, because this machine is shared and
@@ -25,9 +26,9 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable from
 from bench.context import Context  # noqa: E402
 from bench.proc import load_average  # noqa: E402
 
-BENCHMARKS = ("merge", "overhead", "memory", "evolution", "scaling", "gpu")
+BENCHMARKS = ("merge", "overhead", "memory", "evolution", "scaling", "gpu", "methods")
 MODULES = {"merge": "merge_floor", "overhead": "overhead", "memory": "memory", "evolution": "evolution",
-           "scaling": "scaling", "gpu": "gpu"}
+           "scaling": "scaling", "gpu": "gpu", "methods": "methods"}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
