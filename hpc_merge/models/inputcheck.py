@@ -15,8 +15,9 @@ from hpc_merge.errors import ConfigError
 
 #: Weight files that are Python pickles (loading one can run code stored in it).
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
-#: What the tokenizer check encodes: digits, operators and words every text model must represent.
-PROBE = "12+34= The quick brown fox"
+#: What the tokenizer check encodes, one at a time (the default smoke prompts): any working
+#: tokenizer maps each to at least one token (an unknown word to its unknown token).
+PROBES = ("12+34=", "The quick brown fox", "reverse: abc ->")
 
 
 def pickle_files(model: Path) -> list[str]:
@@ -38,17 +39,18 @@ def check_no_pickle(model: Path, field: str, allow_pickle: bool) -> None:
 
 
 @lru_cache(maxsize=64)
-def _encodes_empty(model: str, mtime: float, trust_remote_code: bool) -> tuple[bool, str]:
-    """``(empty, error)`` for the tokenizer of ``model`` as transformers loads it (cached: validation runs twice)."""
+def _encodes_empty(model: str, mtime: float, trust_remote_code: bool) -> tuple[str | None, str]:
+    """``(probe encoded to nothing or None, load error)`` for ``model``'s tokenizer as transformers
+    loads it (cached by path and mtime: validation runs twice, at the CLI and in the job)."""
     from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-        ids = tok.encode(PROBE, add_special_tokens=False)
+        empty = next((p for p in PROBES if not tok.encode(p, add_special_tokens=False)), None)
     except Exception as exc:  # transformers raises many types for broken tokenizer files
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return False, f"{type(exc).__name__}: {first}"
-    return len(ids) == 0, ""
+        return None, f"{type(exc).__name__}: {first}"
+    return empty, ""
 
 
 def check_tokenizer(model: Path, field: str, trust_remote_code: bool = False) -> None:
@@ -59,10 +61,10 @@ def check_tokenizer(model: Path, field: str, trust_remote_code: bool = False) ->
     if error:
         raise ConfigError(field, f"the tokenizer of {model} does not load in transformers ({error})",
                           "fix its tokenizer files, or set tokenizer_source to a model whose tokenizer loads")
-    if empty:
-        raise ConfigError(field, f"the tokenizer of {model} loads in transformers as empty (encodes {PROBE!r} to "
-                          "nothing; e.g. a WordLevel tokenizer.json in a Qwen2 model): the merged model could not "
-                          "read any prompt",
+    if empty is not None:
+        raise ConfigError(field, f"the tokenizer of {model} loads in transformers as empty (encodes {empty!r} to "
+                          "nothing; e.g. a WordLevel tokenizer.json in a Qwen2 model): the output would fail its "
+                          "smoke test after the whole merge",
                           "give that model a byte-level BPE tokenizer, or set tokenizer_source to a model whose "
                           "tokenizer works")
 
