@@ -100,10 +100,18 @@ def atomic_dir(dest: str | Path, overwrite: bool = False, finish: Callable[[Path
             from hpc_merge.errors import JobFailed
 
             free = shutil.disk_usage(dest.parent).free
-            raise JobFailed(f"no space left on the device while writing {dest} ({free / 1e9:.2f} GB free now; "
+            raise JobFailed(f"no space left on the device while writing {dest} ({size_text(free)} free now; "
                             "the partial output was removed): free space there or choose another output "
                             "folder") from None
         raise
+
+
+def size_text(nbytes: float) -> str:
+    """``396.3 KB`` / ``1.20 GB``: sizes in messages, readable from kilobytes to terabytes."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes / 1e3:.1f} KB"
 
 
 def _owner_tag() -> str:

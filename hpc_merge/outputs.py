@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hpc_merge.atomic import atomic_dir
+from hpc_merge.atomic import atomic_dir, size_text
 from hpc_merge.errors import ConfigError
 from hpc_merge.rundir import run_dir_for
 
@@ -141,8 +141,8 @@ def _check_space(needs: Mapping[Path, float], field: str) -> None:
     for path, base, nbytes in by_device.values():
         free = shutil.disk_usage(base).free
         if nbytes > free:
-            raise ConfigError(field, f"not enough free space for {path}: the output needs ~{nbytes / 1e9:.3f} GB, "
-                              f"its file system ({base}) has {free / 1e9:.3f} GB free",
+            raise ConfigError(field, f"not enough free space for {path}: the output needs ~{size_text(nbytes)}, "
+                              f"its file system ({base}) has {size_text(free)} free",
                               "free space there or choose an output folder on another file system")
 
 
