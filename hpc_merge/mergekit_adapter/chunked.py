@@ -10,15 +10,17 @@ row-separable method is replaced by :class:`ChunkedMerge`, which has no input te
 graph: it reads ``chunk_size`` bytes of rows per input at a time (``PreadSafetensors.get_rows``),
 runs the *same* mergekit method task on those rows and copies the result into the output tensor.
 Row-separable methods compute each output element from the same element of the inputs:
-``linear``, ``task_arithmetic``, ``passthrough``, ``nearswap`` and ``ties`` — TIES only with the
-exact trim (``job.options.sparsify: fast``) and without ``rescale``, because its trim keeps the
-top-k of the whole tensor: :mod:`~hpc_merge.mergekit_adapter.chunk_trim` streams the chunks to find
-that threshold first. Results are bit-identical to merging whole tensors (tested).
+``linear``, ``task_arithmetic``, ``passthrough``, ``nearswap``, ``ties`` and ``dare_ties`` /
+``dare_linear`` — the last three only with ``job.options.sparsify: fast`` (the default). TIES
+(without ``rescale``) keeps the top-k of the whole tensor: :mod:`~hpc_merge.mergekit_adapter.chunk_trim`
+streams the chunks to find that threshold first. DARE's mask is a function of each element's
+coordinates (:mod:`~hpc_merge.mergekit_adapter.random_sparsify`); with ``rescale`` a first pass sums
+the whole task vectors' L1 norms exactly. Results are bit-identical to merging whole tensors (tested).
 
 Not chunked (whole tensors, as mergekit does): methods that need whole-tensor statistics (slerp,
-nuslerp, karcher, model_stock, sce, della, breadcrumbs, arcee_fusion, ram), random masks (dare),
-tokenizer-aligned vocabularies, inputs that are not ``.safetensors`` or not on CPU, tensors whose
-inputs differ in shape, and float64 TIES.
+nuslerp, karcher, model_stock, sce, della, breadcrumbs, arcee_fusion, ram), mergekit's own random
+stream (``sparsify: mergekit``), tokenizer-aligned vocabularies, inputs that are not
+``.safetensors`` or not on CPU, tensors whose inputs differ in shape, and float64 TIES/DARE.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from mergekit.graph import Task
 from mergekit.io.tasks import GatherTensors, LoaderCache, LoadTensor
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 
+from hpc_merge.mergekit_adapter import random_sparsify
 from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, NotStreamable, StreamingTrim, streaming
 from hpc_merge.mergekit_adapter.reader import PreadSafetensors
 
-ROW_SEPARABLE = ("linear", "task_arithmetic", "ties", "passthrough", "nearswap")
+ROW_SEPARABLE = ("linear", "task_arithmetic", "ties", "passthrough", "nearswap", "dare_ties", "dare_linear")
+RANDOM = ("dare_ties", "dare_linear")  # chunked only with the counter-based masks (sparsify: fast)
 DEFAULT_CHUNK_SIZE = "16M"
 _FLOAT = {"bfloat16", "float16", "float32", "float64"}
 
@@ -49,6 +53,8 @@ class ChunkedMerge(Task[torch.Tensor | None]):
     shape: tuple[int, ...]
     rows_per_chunk: int
     streamed_trim: bool
+    random_seed: int | None = None  # DARE: the counter-based masks' seed
+    rescaled: bool = False  # DARE with rescale: a first pass sums the whole task vectors' norms
 
     def arguments(self) -> dict[str, Task]:
         return {}  # no LoadTensor dependencies: the whole inputs are never loaded
@@ -81,10 +87,11 @@ class ChunkedMerge(Task[torch.Tensor | None]):
 
     def _merge(self, readers: dict[str, PreadSafetensors]) -> torch.Tensor | None:
         bounds = [(a, min(a + self.rows_per_chunk, self.shape[0])) for a in range(0, self.shape[0], self.rows_per_chunk)]
+        if self.random_seed is not None:
+            return self._merge_random(readers, bounds)
         if not self.streamed_trim:
             return self._merge_chunks(readers, bounds)
-        trim = StreamingTrim(n_vectors=len(self.inner.model_order) - (self.inner.base_model is not None),
-                             numel=int(torch.Size(self.shape).numel()))
+        trim = StreamingTrim(n_vectors=self._n_vectors(), numel=int(torch.Size(self.shape).numel()))
         with streaming(trim):
             while trim.needs_pass():  # find every task vector's whole-tensor threshold first
                 for a, b in bounds:
@@ -93,11 +100,32 @@ class ChunkedMerge(Task[torch.Tensor | None]):
                 trim.end_pass()
             return self._merge_chunks(readers, bounds)
 
-    def _merge_chunks(self, readers: dict[str, PreadSafetensors], bounds: list[tuple[int, int]]) -> torch.Tensor | None:
-        """The planned task on each row chunk, copied into one output tensor."""
+    def _n_vectors(self) -> int:
+        return len(self.inner.model_order) - (self.inner.base_model is not None)
+
+    def _merge_random(self, readers: dict[str, PreadSafetensors], bounds: list[tuple[int, int]]) -> torch.Tensor | None:
+        """DARE by row chunks: each chunk draws at its flat offset; with rescale, the norms are summed first."""
+        numel = int(torch.Size(self.shape).numel())
+        row = numel // self.shape[0]
+        sums = random_sparsify.RescaleSums() if self.rescaled else None
+
+        def site(a: int, recording: bool) -> random_sparsify.Site:
+            return random_sparsify.Site(seed=self.random_seed or 0, name=self.inner.output_weight.name, offset=a * row,
+                                        numel=numel, sums=sums, recording=recording, n_vectors=self._n_vectors())
+
+        if sums is not None:
+            for a, b in bounds:
+                with random_sparsify.at(site(a, True)), contextlib.suppress(ChunkRecorded):
+                    self.inner.execute(tensors=self._rows(readers, a, b))
+        return self._merge_chunks(readers, bounds, lambda a: random_sparsify.at(site(a, False)))
+
+    def _merge_chunks(self, readers: dict[str, PreadSafetensors], bounds: list[tuple[int, int]],
+                      around: Any = None) -> torch.Tensor | None:
+        """The planned task on each row chunk, copied into one output tensor (``around(a)``: a context per chunk)."""
         out: torch.Tensor | None = None
         for a, b in bounds:
-            part = self.inner.execute(tensors=self._rows(readers, a, b))
+            with around(a) if around is not None else contextlib.nullcontext():
+                part = self.inner.execute(tensors=self._rows(readers, a, b))
             if part is None:
                 return None
             if out is None:
@@ -147,6 +175,9 @@ def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers) -> C
     streamed_trim = task.method_name == "ties"
     if streamed_trim and (trim_mode != "fast" or params.get("rescale")):
         return None
+    seed = random_sparsify.SEED.get()
+    if task.method_name in RANDOM and (trim_mode != "fast" or seed is None):
+        return None
     loads = list(task.gather_tensors.arguments().values())
     if {load.model for load in loads} != set(task.model_order):
         return None
@@ -166,8 +197,10 @@ def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers) -> C
     if len(shape) < 1 or shape[0] < 2 or largest <= chunk_bytes:
         return None
     rows_per_chunk = max(1, chunk_bytes * shape[0] // largest)
+    random = task.method_name in RANDOM
     return ChunkedMerge(inner=task, sources=tuple(sources), shape=shape, rows_per_chunk=rows_per_chunk,
-                        streamed_trim=streamed_trim)
+                        streamed_trim=streamed_trim, random_seed=seed if random else None,
+                        rescaled=random and bool(params.get("rescale", True)))
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_merge.errors import ConfigError
+from hpc_merge.mergekit_adapter.random_sparsify import counter_random
 from hpc_merge.mergekit_adapter.reader import pread_inputs
 from hpc_merge.mergekit_adapter.translate import validate_with_mergekit
 from hpc_merge.mergekit_adapter.trim import magnitude_trim, sparsify_mode
@@ -129,10 +130,11 @@ def run_mergekit(config: dict[str, Any], out_dir: Path, options: dict[str, Any],
         mergekit.graph.tqdm = types.SimpleNamespace(tqdm=_ProgressTqdm(progress).tqdm)
     mergekit.merge._model_out_config = _with_layer_types_fixed(real_out_config)
     try:
-        # exact-k O(n) trim unless sparsify: mergekit; for peak RSS: inputs read, not kept mapped,
+        # exact-k O(n) trim and counter-based DARE masks unless sparsify: mergekit; for peak RSS: inputs read, not kept mapped,
         # the largest tensors merged in row chunks, each output tensor written as soon as it is merged
         trim = sparsify_mode(options)
-        with magnitude_trim(trim), pread_inputs(), chunk_large_tensors(chunk_bytes, trim), stream_writes():
+        with magnitude_trim(trim), counter_random(mk_options.random_seed, trim), pread_inputs(), \
+                chunk_large_tensors(chunk_bytes, trim), stream_writes():
             mergekit.merge.run_merge(merge_config, str(out_dir), options=mk_options)
     except SystemExit as exc:  # mergekit calls sys.exit on some bad configs
         raise RuntimeError(f"mergekit exited ({exc.code}) on this recipe") from None
