@@ -122,8 +122,13 @@ def run(ctx: Context) -> list[Table]:
         by_method = results.setdefault("methods", {})
         for method in _selected("BENCH_METHODS", METHODS):
             recipe = inputs.write_recipe(method_recipe(method, models), work / f"{kind}-{method}.yaml")
-            hpc = run_once(commands.hpc_merge(recipe, work / "out", work / "logs"))
-            mk = None if skip_mk else run_once(commands.mergekit_yaml(recipe, work / "out"))
+            try:
+                hpc = run_once(commands.hpc_merge(recipe, work / "out", work / "logs"))
+                mk = None if skip_mk else run_once(commands.mergekit_yaml(recipe, work / "out"))
+            except RuntimeError as exc:  # one failing method must not lose the others' rows
+                ctx.log(f"    {kind} {method}: FAILED {str(exc).strip().splitlines()[-1][:300]}")
+                by_method[method] = {"method": method, "failed": str(exc)[-2000:], "load": os.getloadavg()[0]}
+                continue
             entry = _entry(method, hpc, mk, floor, shard_mb)
             if mk is None and method in by_method and "mergekit_yaml" in by_method[method]:
                 entry["mergekit_yaml"] = by_method[method]["mergekit_yaml"]  # kept from an earlier run
@@ -148,8 +153,8 @@ def table(results: dict[str, Any], shard_mb: float) -> Table:
                "× mergekit-yaml", "peak RSS MB (hpc / mk)", "× shard", "load"])
     for method in METHODS:
         e = results.get("methods", {}).get(method)
-        if e is None:
-            t.add(method, "not run", "", "", "", "", "", "", "", "", "")
+        if e is None or "failed" in e:
+            t.add(method, "not run" if e is None else "FAILED (see the json)", "", "", "", "", "", "", "", "", "")
             continue
         h, mk, r = e["hpc_merge"], e.get("mergekit_yaml"), e["ratio"]
         met = "met" if r["floor"] <= e["target_x_floor"] else "NOT met"
@@ -160,7 +165,7 @@ def table(results: dict[str, Any], shard_mb: float) -> Table:
               f"{r['shard_rss']:.2f} ×", f"{e['load']:.1f}")
     t.notes += [
         f"floor: `bench/floor.py` linear over the same three models (read once, one weighted sum, one write): "
-        f"wall {next(iter(results.get('methods', {}).values()), {}).get('floor_s', float('nan')):.1f} s; "
+        f"wall {next((e['floor_s'] for e in results.get('methods', {}).values() if 'floor_s' in e), float('nan')):.1f} s; "
         f"largest shard {shard_mb:.0f} MiB.",
         "one run per cell; wall time includes interpreter start and imports (hpc_merge also composes its "
         "config, validates and writes its run dir). `cpu s` is user + system CPU of the command, which a "
