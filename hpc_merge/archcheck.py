@@ -17,10 +17,20 @@ SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_ke
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2}
 
 
+#: GPT-2-style configs name the shape differently (transformers maps them with ``attribute_map``).
+GPT2_NAMES = {"num_hidden_layers": "n_layer", "hidden_size": "n_embd", "num_attention_heads": "n_head",
+              "intermediate_size": "n_inner"}
+
+
 def read_config(path: Path) -> dict[str, Any]:
-    """The model's ``config.json`` (text_config flattened in for multimodal wrappers)."""
+    """The model's ``config.json`` (text_config flattened in for multimodal wrappers; GPT-2-style
+    shape names also under the common ones, so every check reads ``num_hidden_layers``)."""
     cfg = json.loads((Path(path) / "config.json").read_text())
-    return {**cfg.get("text_config", {}), **cfg}
+    cfg = {**cfg.get("text_config", {}), **cfg}
+    for common, gpt2 in GPT2_NAMES.items():
+        if common not in cfg and gpt2 in cfg:
+            cfg[common] = cfg[gpt2]
+    return cfg
 
 
 def weight_bytes(path: Path) -> int:

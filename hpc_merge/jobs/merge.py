@@ -98,6 +98,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
                 raise ConfigError(reference, f"the tokenizer donor {donor} has no tokenizer files "
                                   "(mergekit would write an empty tokenizer)",
                                   "use a base model with tokenizer.json + tokenizer_config.json, or set tokenizer_source")
+            findings += mk.check_support(dict(local), st, field)  # architecture × method support
         placeholder = {s: f"/stage/{s}" for s in done}
         mk.validate_with_mergekit(mk.to_mergekit(st, {**paths, **placeholder}), field)
         stages.append({"name": name, "field": field, "recipe": st, "paths": paths})

@@ -11,10 +11,19 @@ workarounds for known mergekit bugs (see ``../shared/notes/mergekit-facts.md``):
 - weights written 0600                                     -> fixed by ``atomic_dir``;
 - TIES trims with a full argsort per tensor (slow on CPU, ties kept arbitrarily) -> exact-k O(n)
   trim, ties broken by lowest index (``job.options.sparsify: fast``, the default; ``trim.py``);
+- mergekit's architecture tables name tensors transformers 5 does not write (Cohere without
+  qk-norm, GPT-NeoX mask buffers) or lack a depth key (Qwen2-MoE) -> fixed, and what still cannot
+  merge correctly is refused at validation (``archsupport.py``, the architecture matrix);
 - every input shard stays memory-mapped, so all its touched pages count in RSS -> read with
   ``pread`` into memory freed with the tensor (``reader.py``).
 """
 
+from hpc_merge.mergekit_adapter.archsupport import (
+    SUPPORT,
+    architecture_fixes,
+    architecture_info,
+    check_support,
+)
 from hpc_merge.mergekit_adapter.execute import (
     copy_tokenizer_files,
     donor_has_tokenizer,
@@ -37,4 +46,5 @@ from hpc_merge.mergekit_adapter.trim import SPARSIFY_MODES, exact_magnitude, mag
 __all__ = ["check_recipe", "to_mergekit", "run_mergekit", "merge_options", "method_specs", "model_refs",
            "donor_has_tokenizer", "copy_tokenizer_files", "validate_with_mergekit", "DTYPES", "MODEL_KEYS",
            "OWN_KEYS", "RECIPE_KEYS", "SLICE_KEYS", "SOURCE_KEYS", "SPARSIFY_MODES", "exact_magnitude",
-           "magnitude_trim", "sparsify_mode"]
+           "magnitude_trim", "sparsify_mode", "SUPPORT", "architecture_fixes", "architecture_info",
+           "check_support"]

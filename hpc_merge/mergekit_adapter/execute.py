@@ -117,6 +117,7 @@ def run_mergekit(config: dict[str, Any], out_dir: Path, options: dict[str, Any],
     import mergekit.merge
     from mergekit.io.tasks import LoaderCache
 
+    from hpc_merge.mergekit_adapter.archsupport import architecture_fixes
     from hpc_merge.mergekit_adapter.chunked import chunk_large_tensors
     from hpc_merge.mergekit_adapter.writer import stream_writes
 
@@ -134,7 +135,8 @@ def run_mergekit(config: dict[str, Any], out_dir: Path, options: dict[str, Any],
         # the largest tensors merged in row chunks, each output tensor written as soon as it is merged
         trim = sparsify_mode(options)
         with magnitude_trim(trim), counter_random(mk_options.random_seed, trim), pread_inputs(), \
-                chunk_large_tensors(chunk_bytes, trim), stream_writes():
+                chunk_large_tensors(chunk_bytes, trim), stream_writes(), \
+                architecture_fixes():
             mergekit.merge.run_merge(merge_config, str(out_dir), options=mk_options)
     except SystemExit as exc:  # mergekit calls sys.exit on some bad configs
         raise RuntimeError(f"mergekit exited ({exc.code}) on this recipe") from None

@@ -127,13 +127,13 @@ def merge_in_memory(config: dict[str, Any], sources: dict[str, Tensors], options
     ``random_seed``; the result is keyed by checkpoint tensor name.
     """
     import transformers
-    from mergekit.architecture import get_architecture_info
     from mergekit.common import dtype_from_name
     from mergekit.graph import Executor
     from mergekit.merge import _model_out_config
     from mergekit.plan import MergePlanner
 
     from hpc_merge.mergekit_adapter import (
+        architecture_info,
         magnitude_trim,
         merge_options,
         sparsify_mode,
@@ -146,7 +146,7 @@ def merge_in_memory(config: dict[str, Any], sources: dict[str, Tensors], options
     if seed is not None:
         transformers.trainer_utils.set_seed(int(seed))
     with magnitude_trim(trim), memory_loaders(merge_config, sources), cached_configs():
-        arch = get_architecture_info(merge_config, opts)
+        arch = architecture_info(merge_config, opts)  # mergekit's table with our fixes (archsupport.py)
         out_cfg = _model_out_config(merge_config, arch, trust_remote_code=opts.trust_remote_code)
         planner = MergePlanner(merge_config, arch, options=opts, out_model_config=out_cfg)
         # plan_in_memory() wraps each task in ReturnTensor, whose pydantic field Task[Tensor] fails

@@ -12,15 +12,17 @@ import json
 from pathlib import Path
 
 from hpc_merge.atomic import atomic_dir, cache_dir, file_lock
+from hpc_merge.models.archs import QUIRKS, quirks, shape_fields
 
-ARCHS = ("qwen2", "qwen3", "llama", "mistral", "phi3")
+#: Every architecture with a tiny recipe (models/archs.py); the first five are the historic pool.
+ARCHS = tuple(QUIRKS)
 POOL_NAMES = ("base", "instruct", "math", "coder", "science")
 _VERSION = 1  # bump when the recipe below changes, so caches rebuild
 
 
 def tiny_config(arch: str = "qwen2", vocab_size: int = 320, layers: int = 4, hidden: int = 64,
                 intermediate: int = 128, heads: int = 4, kv_heads: int = 2, **extra):
-    """A transformers config for a tiny model of ``arch`` (one of :data:`ARCHS`).
+    """A transformers config for a tiny model of ``arch`` (one of :data:`ARCHS`), its quirks kept.
 
     ``extra`` passes any other config field through (``sliding_window``, ``rope_theta``...).
     """
@@ -29,21 +31,22 @@ def tiny_config(arch: str = "qwen2", vocab_size: int = 320, layers: int = 4, hid
     if arch not in ARCHS:
         raise ValueError(f"unknown tiny arch {arch!r}; known: {', '.join(ARCHS)}")
     common = dict(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        vocab_size=vocab_size, **shape_fields(arch, layers, hidden, intermediate, heads, kv_heads),
         max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
         pad_token_id=0,
     )
     if arch == "qwen3":
         common["head_dim"] = hidden // heads
-    return AutoConfig.for_model(arch, **{**common, **extra})
+    return AutoConfig.for_model(arch, **{**common, **quirks(arch, layers), **extra})
 
 
 def build_tiny(out_dir: str | Path, arch: str = "qwen2", seed: int = 0, base: str | Path | None = None,
-               perturb: float = 0.02, dtype: str = "bfloat16", **config_overrides) -> Path:
+               perturb: float = 0.02, dtype: str = "bfloat16", grow_vocab: int = 0, **config_overrides) -> Path:
     """Write a tiny model (weights, config, tokenizer) to ``out_dir`` atomically.
 
-    With ``base`` the weights are ``base + perturb * N(0, 1)`` (seeded), i.e. a fake fine-tune.
+    With ``base`` the weights are ``base + perturb * N(0, 1)`` (seeded), i.e. a fake fine-tune;
+    ``grow_vocab`` adds that many tokens to it (embeddings resized, a larger tokenizer trained),
+    the way a fine-tune that adds special tokens differs from its base.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -53,6 +56,8 @@ def build_tiny(out_dir: str | Path, arch: str = "qwen2", seed: int = 0, base: st
     torch.manual_seed(seed)
     if base is not None:
         model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+        if grow_vocab:
+            model.resize_token_embeddings(model.config.vocab_size + grow_vocab, mean_resizing=False)
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in model.parameters():
@@ -73,7 +78,8 @@ def build_tiny(out_dir: str | Path, arch: str = "qwen2", seed: int = 0, base: st
 
 def pool_dir(arch: str = "qwen2") -> Path:
     """Cache folder of the tiny pool for ``arch`` (keyed by the recipe version)."""
-    key = hashlib.sha256(json.dumps([_VERSION, arch]).encode()).hexdigest()[:10]
+    recipe = [_VERSION, arch] + ([QUIRKS[arch]] if QUIRKS.get(arch) else [])  # historic keys stay valid
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir() / "tiny" / f"{arch}-{key}"
 
 
@@ -90,4 +96,17 @@ def ensure_tiny(name: str, arch: str = "qwen2") -> Path:
             build_tiny(base, arch=arch, seed=0)
         if not (out / "config.json").exists():
             build_tiny(out, arch=arch, seed=1 + POOL_NAMES.index(name), base=base)
+    return out
+
+
+def ensure_tiny_wide(arch: str = "qwen2", extra_tokens: int = 32) -> Path:
+    """A fine-tune of ``arch``'s tiny base with ``extra_tokens`` more tokens (for ``tokenizer_source: union``)."""
+    root = pool_dir(arch)
+    out = root / f"wide{extra_tokens}"
+    if (out / "config.json").exists():
+        return out
+    base = ensure_tiny("base", arch)
+    with file_lock(root):
+        if not (out / "config.json").exists():
+            build_tiny(out, arch=arch, seed=99, base=base, grow_vocab=extra_tokens)
     return out
