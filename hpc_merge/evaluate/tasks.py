@@ -56,7 +56,7 @@ def load_tasks(specs: list[str] | str, size: str = "full") -> list[Task]:
         elif spec.startswith("lmeval:"):
             target = spec.split(":", 1)[1]
             if target.startswith("zoo:"):
-                from hpc_merge.evaluate.lmeval import write_zoo_task_yaml
+                from hpc_merge.evaluate.lmeval_yaml import write_zoo_task_yaml
 
                 skill = target.split(":", 1)[1]
                 files = zoo.ensure_tasks(size)

@@ -6,6 +6,7 @@ profile field means the same thing everywhere and a new submitit parameter is wi
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -13,39 +14,23 @@ from typing import Any
 
 import submitit
 
-from hpc_merge.errors import ConfigError, did_you_mean
+from hpc_merge.schema.groups import Cluster
 
 #: cluster fields that become submitit's generic parameters (same name)
 GENERIC_FIELDS = ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min")
 #: cluster fields that become ``slurm_<name>`` parameters
 SLURM_FIELDS = ("partition", "account", "qos", "constraint", "signal_delay_s", "array_parallelism")
-#: fields that are not executor parameters but belong to the schema
-OTHER_FIELDS = ("kind", "wait", "setup", "additional_parameters", "env", "hf_home", "gpu_options")
-KNOWN_FIELDS = frozenset(GENERIC_FIELDS + SLURM_FIELDS + OTHER_FIELDS)
-KINDS = ("local", "slurm")
+#: every field of a profile: the typed schema's (hpc_merge/schema/groups.py)
+KNOWN_FIELDS = frozenset(f.name for f in dataclasses.fields(Cluster))
 
 
 def check_cluster(cluster: dict[str, Any]) -> None:
-    """Refuse a profile with an unknown field or kind (a typo would otherwise be silently ignored)."""
-    for key in cluster:
-        if key not in KNOWN_FIELDS:
-            raise ConfigError(f"cluster.{key}", f"unknown cluster field{did_you_mean(key, KNOWN_FIELDS)}",
-                              "pass other sbatch options through cluster.additional_parameters")
-    kind = cluster.get("kind", "local")
-    if kind not in KINDS:
-        raise ConfigError("cluster.kind", f"unknown cluster kind {kind!r}{did_you_mean(str(kind), KINDS)}",
-                          "use local or slurm")
-    extra = cluster.get("additional_parameters") or {}
-    if not isinstance(extra, dict):
-        raise ConfigError("cluster.additional_parameters", "must be a mapping of sbatch option -> value",
-                          "e.g. cluster.additional_parameters={mail-type: END}")
-    gpu = cluster.get("gpu_options") or {}
-    if not isinstance(gpu, dict):
-        raise ConfigError("cluster.gpu_options", "must be a mapping of job.options -> value",
-                          "e.g. cluster.gpu_options={multi_gpu: true}")
-    setup = cluster.get("setup") or []
-    if not isinstance(setup, list | tuple):
-        raise ConfigError("cluster.setup", "must be a list of shell lines", 'e.g. ["module load cuda/12.1"]')
+    """Refuse a profile that does not fit the schema (an unknown field, a wrong type, a number out of
+    range, an unknown kind): a typo would otherwise be silently ignored or reach sbatch."""
+    from hpc_merge.schema import bounds
+    from hpc_merge.schema.check import typed
+
+    bounds.cluster(typed(Cluster, dict(cluster), "cluster"))
 
 
 def job_env(cluster: dict[str, Any]) -> dict[str, str]:
@@ -106,3 +91,18 @@ def make_executor(cluster: dict[str, Any], folder: Path, name: str) -> submitit.
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster="local")
     executor.update_parameters(**executor_parameters(cluster, name))
     return executor
+
+
+def single_process(cluster: dict[str, Any]) -> dict[str, Any]:
+    """``cluster`` for a job that is one process (a whole merge or evolution run): one task with
+    all the profile's CPUs (``tasks_per_node × cpus_per_task``).
+
+    submitit starts one copy of the submitted callable per task, so a profile with
+    ``tasks_per_node: 2`` (meant for the candidate jobs above) would otherwise run the same job
+    twice, at once, in the same run dir.
+    """
+    tasks = int(cluster.get("tasks_per_node") or 1)
+    if tasks == 1:
+        return cluster
+    cpus = cluster.get("cpus_per_task")
+    return {**cluster, "tasks_per_node": 1, "cpus_per_task": None if cpus is None else int(cpus) * tasks}

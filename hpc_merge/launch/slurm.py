@@ -16,10 +16,9 @@ import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from hpc_merge.errors import JobFailed, SubmitRefused
-from hpc_merge.launch.executor import job_env, make_executor
+from hpc_merge.launch.executor import job_env, make_executor, single_process
 from hpc_merge.launch.logtail import LogFollower, tail_text
 from hpc_merge.launch.runner import JobRunner
-from hpc_merge.launch.spread import single_process
 from hpc_merge.monitor.slurmq import ENDED, query_states
 from hpc_merge.status import update_status
 

@@ -35,6 +35,7 @@ import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from hpc_merge.errors import ConfigError
+from hpc_merge.launch.slurm import failure_reason, submit_array
 
 Batch = Sequence[Any]
 
@@ -60,21 +61,6 @@ class TaskPlan:
 
 def _count(n: int, what: str) -> str:
     return f"{n} {what}{'s' if n != 1 else ''}"
-
-
-def single_process(cluster: dict[str, Any]) -> dict[str, Any]:
-    """``cluster`` for a job that is one process (a whole merge or evolution run): one task with
-    all the profile's CPUs (``tasks_per_node × cpus_per_task``).
-
-    submitit starts one copy of the submitted callable per task, so a profile with
-    ``tasks_per_node: 2`` (meant for the candidate jobs above) would otherwise run the same job
-    twice, at once, in the same run dir.
-    """
-    tasks = int(cluster.get("tasks_per_node") or 1)
-    if tasks == 1:
-        return cluster
-    cpus = cluster.get("cpus_per_task")
-    return {**cluster, "tasks_per_node": 1, "cpus_per_task": None if cpus is None else int(cpus) * tasks}
 
 
 def plan_tasks(cluster: dict[str, Any], gpus_per_task: Any = 1, field: str = "gpus_per_task") -> TaskPlan:
@@ -191,8 +177,6 @@ def submit(cluster: dict[str, Any], plan: TaskPlan, folder: Path, name: str,
            fn: Callable[[list[Any]], list[Any]], batches: Sequence[Batch]) -> list[submitit.Job]:
     """One job per batch (a job array when several), each of ``plan.tasks`` tasks sharing its batch;
     submitted like every array (:func:`hpc_merge.launch.slurm.submit_array`: sbatch refusals are one line)."""
-    from hpc_merge.launch.slurm import submit_array
-
     return submit_array(plan.job_cluster(cluster), Path(folder), name, TaskShare(fn, plan.gpus_per_task),
                         [list(b) for b in batches])
 
@@ -204,8 +188,6 @@ def gather(jobs: Sequence[submitit.Job], batches: Sequence[Batch]) -> list[list[
     task that raised, died or was killed fails only its own items, with its SLURM state and the
     fix (:func:`hpc_merge.launch.slurm.failure_reason`).
     """
-    from hpc_merge.launch.slurm import failure_reason
-
     out: list[list[tuple[bool, Any]]] = []
     for job, batch in zip(jobs, batches, strict=True):
         items: list[tuple[bool, Any]] = []

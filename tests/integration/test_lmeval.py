@@ -18,7 +18,7 @@ def test_lmeval_matches_builtin_on_a_zoo_task(test_zoo, tmp_path):
     import yaml
 
     from hpc_merge.evaluate import evaluate_model, load_model, load_tasks, load_tokenizer
-    from hpc_merge.evaluate.lmeval import write_zoo_task_yaml
+    from hpc_merge.evaluate.lmeval_yaml import write_zoo_task_yaml
 
     path = test_zoo.experts["sorting"]
     model, tok = load_model(path), load_tokenizer(path)
