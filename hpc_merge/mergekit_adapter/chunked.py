@@ -9,16 +9,17 @@ What: while :func:`chunk_large_tensors` is active, the planner's task for a larg
 row-separable method is replaced by :class:`ChunkedMerge`, which has no input tensors in the
 graph: it reads ``chunk_size`` bytes of rows per input at a time (``PreadSafetensors.get_rows``),
 runs the *same* mergekit method task on those rows and copies the result into the output tensor.
-Row-separable methods compute each output element from the same element of the inputs:
-``linear``, ``task_arithmetic``, ``passthrough``, ``nearswap``, ``ties`` and ``dare_ties`` /
-``dare_linear`` — the last three only with ``job.options.sparsify: fast`` (the default). TIES
+Row-separable methods compute each output element from the same element (DELLA: the same row)
+of the inputs: ``linear``, ``task_arithmetic``, ``passthrough``, ``nearswap``, ``ties``,
+``dare_ties`` / ``dare_linear`` and ``della`` / ``della_linear`` (2-D tensors) — the last five
+only with ``job.options.sparsify: fast`` (the default). TIES
 (without ``rescale``) keeps the top-k of the whole tensor: :mod:`~hpc_merge.mergekit_adapter.chunk_trim`
-streams the chunks to find that threshold first. DARE's mask is a function of each element's
-coordinates (:mod:`~hpc_merge.mergekit_adapter.random_sparsify`); with ``rescale`` a first pass sums
+streams the chunks to find that threshold first. DARE's and DELLA's draws are a function of each
+element's coordinates (:mod:`~hpc_merge.mergekit_adapter.random_sparsify`); with ``rescale`` a first pass sums
 the whole task vectors' L1 norms exactly. Results are bit-identical to merging whole tensors (tested).
 
 Not chunked (whole tensors, as mergekit does): methods that need whole-tensor statistics (slerp,
-nuslerp, karcher, model_stock, sce, della, breadcrumbs, arcee_fusion, ram), mergekit's own random
+nuslerp, karcher, model_stock, sce, breadcrumbs, arcee_fusion, ram), mergekit's own random
 stream (``sparsify: mergekit``), tokenizer-aligned vocabularies, inputs that are not
 ``.safetensors`` or not on CPU, tensors whose inputs differ in shape, and float64 TIES/DARE.
 """
@@ -39,8 +40,10 @@ from hpc_merge.mergekit_adapter import random_sparsify
 from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, NotStreamable, StreamingTrim, streaming
 from hpc_merge.mergekit_adapter.reader import PreadSafetensors
 
-ROW_SEPARABLE = ("linear", "task_arithmetic", "ties", "passthrough", "nearswap", "dare_ties", "dare_linear")
-RANDOM = ("dare_ties", "dare_linear")  # chunked only with the counter-based masks (sparsify: fast)
+ROW_SEPARABLE = ("linear", "task_arithmetic", "ties", "passthrough", "nearswap", "dare_ties", "dare_linear",
+                 "della", "della_linear")
+RANDOM = ("dare_ties", "dare_linear", "della", "della_linear")  # chunked only with counter-based draws (sparsify: fast)
+PER_ROW = ("della", "della_linear")  # rank magnitudes within each row: 2-D tensors only, rows never split
 DEFAULT_CHUNK_SIZE = "16M"
 _FLOAT = {"bfloat16", "float16", "float32", "float64"}
 
@@ -194,7 +197,7 @@ def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers) -> C
     if len(shapes) != 1:
         return None
     (shape,) = shapes
-    if len(shape) < 1 or shape[0] < 2 or largest <= chunk_bytes:
+    if len(shape) < 1 or shape[0] < 2 or largest <= chunk_bytes or (task.method_name in PER_ROW and len(shape) != 2):
         return None
     rows_per_chunk = max(1, chunk_bytes * shape[0] // largest)
     random = task.method_name in RANDOM

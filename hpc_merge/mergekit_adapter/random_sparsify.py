@@ -1,7 +1,7 @@
-"""DARE's random drop with a counter-based generator: the mask is a pure function of its coordinates.
+"""DARE's and DELLA's random drops with a counter-based generator: a mask is a pure function of its coordinates.
 
 Why: mergekit 0.1.5 draws DARE's mask (``dare_ties``, ``dare_linear``: ``mergekit.sparsify.bernoulli``)
-from torch's global generator, so a tensor's mask depends on every draw before it — on the order
+and DELLA's (``della``, ``della_linear``: ``della_magprune``) from torch's global generator, so a tensor's mask depends on every draw before it — on the order
 in which the executor runs tensors, and on the whole tensor being drawn at once. Merged in row
 chunks, or in another order, or split over processes, the same recipe would give another model.
 Its rescaling (``rescale: true``, the default) matches the L1 norm of the whole task vector, which
@@ -11,7 +11,8 @@ What: while :func:`counter_random` is active (``job.options.sparsify: fast``, th
 keep decision of element ``i`` of task vector ``v`` of tensor ``name`` is bits of
 ``hash32(i // 2)`` (two 16-bit draws per 32-bit hash; ``lowbias32`` of the index mixed with a key
 from BLAKE2b of ``(random_seed, name, v)``): kept iff the draw is below ``round(density · 65536)``
-— the keep rate is ``density`` to within 1/131072. The L1 norms of the task vector and of its kept
+— the keep rate is ``density`` to within 1/131072 (DELLA: the same draws against each element's
+rank-dependent probability, :func:`counter_della`). The L1 norms of the task vector and of its kept
 part are summed *exactly* (integer histograms of the bit patterns for 16-bit floats, integer
 mantissa sums per exponent for float32), so they are the same whatever the chunking or thread
 count, and the kept elements are scaled by their ratio as mergekit does. The result is therefore
@@ -170,25 +171,34 @@ def _scale(before: int, after: int, dtype: torch.dtype, eps: float = 1e-7) -> fl
     return before / after
 
 
-def counter_bernoulli(tensor: torch.Tensor, density: float, rescale_norm: Any = None) -> torch.Tensor:
-    """Drop-in for ``mergekit.sparsify.bernoulli`` with the counter-based mask (see the module doc)."""
+def draws16(seed: int, name: str, vector: int, start: int, count: int) -> torch.Tensor:
+    """The 16-bit draws (int32, 0..65535) behind :func:`keep_mask`, for a per-element keep probability."""
+    import torch
+
+    mul, add = _key(seed, name, vector)
+    first, stop = start // 2, (start + count + 1) // 2
+    x = torch.arange(first, stop, dtype=torch.int64).to(torch.int32)
+    x *= mul
+    x += add
+    _hash32(x)
+    out = torch.stack([x & 0xFFFF, (x >> 16) & 0xFFFF], dim=1).view(-1)
+    skip = start - 2 * first
+    return out[skip:skip + count]
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """mergekit's working dtype for random drops on CPU: bf16 stays, others go to float32 (float64 stays)."""
+    import torch
+
+    return dtype if dtype in (torch.bfloat16, torch.float64) else torch.float32
+
+
+def _finish(site: Site, vector: int, tensor: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
+            rescale_norm: Any) -> torch.Tensor:
+    """``x * mask``, rescaled to the whole task vector's L1 norm like mergekit (or a pass-1 recording)."""
     import torch
     from mergekit.sparsify import RescaleNorm
 
-    site = SITE.get()
-    if site is None:  # not inside a planned merge task (no tensor name): nothing to key the mask on
-        raise RuntimeError("counter_bernoulli called outside a merge task")
-    vector = site.calls
-    site.calls += 1
-    if density >= 1:
-        if site.recording and site.calls == site.n_vectors:
-            raise ChunkRecorded
-        return tensor
-    work = tensor.dtype if tensor.dtype == torch.bfloat16 else torch.float32
-    if tensor.dtype == torch.float64:
-        work = torch.float64
-    x = tensor.to(work)
-    mask = keep_mask(site.seed, site.name, vector, site.offset, x.numel(), density).view(x.shape)
     masked = x * mask
     if rescale_norm is None:
         if site.recording and site.calls == site.n_vectors:
@@ -197,11 +207,11 @@ def counter_bernoulli(tensor: torch.Tensor, density: float, rescale_norm: Any = 
     if rescale_norm != RescaleNorm.l1:
         raise NotStreamable(f"rescale norm {rescale_norm}")
     if site.sums is None:  # the whole tensor is here: its norms directly
-        if work == torch.float64:
+        if x.dtype == torch.float64:
             before, after = float(x.abs().sum()), float(masked.abs().sum())
             factor = None if before < 1e-7 or after < 1e-7 else before / after
         else:
-            factor = _scale(exact_l1(x), exact_l1(masked), work)
+            factor = _scale(exact_l1(x), exact_l1(masked), x.dtype)
     elif site.recording:  # pass 1 of a chunked merge: add this chunk to the whole tensor's norms
         site.sums.before[vector] = site.sums.before.get(vector, 0) + exact_l1(x)
         site.sums.after[vector] = site.sums.after.get(vector, 0) + exact_l1(masked)
@@ -209,10 +219,71 @@ def counter_bernoulli(tensor: torch.Tensor, density: float, rescale_norm: Any = 
             raise ChunkRecorded
         return tensor
     else:
-        factor = _scale(site.sums.before[vector], site.sums.after[vector], work)
+        factor = _scale(site.sums.before[vector], site.sums.after[vector], x.dtype)
     if factor is not None:
         masked *= factor
     return masked.to(tensor.dtype)
+
+
+def _next_call(site: Site | None) -> tuple[Site, int]:
+    if site is None:  # not inside a planned merge task (no tensor name): nothing to key the mask on
+        raise RuntimeError("counter-based sparsification called outside a merge task")
+    site.calls += 1
+    return site, site.calls - 1
+
+
+def _unchanged(site: Site, tensor: torch.Tensor) -> torch.Tensor:
+    if site.recording and site.calls == site.n_vectors:
+        raise ChunkRecorded
+    return tensor
+
+
+def counter_bernoulli(tensor: torch.Tensor, density: float, rescale_norm: Any = None) -> torch.Tensor:
+    """Drop-in for ``mergekit.sparsify.bernoulli`` with the counter-based mask (see the module doc)."""
+    site, vector = _next_call(SITE.get())
+    if density >= 1:
+        return _unchanged(site, tensor)
+    x = tensor.to(_work_dtype(tensor.dtype))
+    mask = keep_mask(site.seed, site.name, vector, site.offset, x.numel(), density).view(x.shape)
+    return _finish(site, vector, tensor, x, mask, rescale_norm)
+
+
+def counter_della(tensor: torch.Tensor, density: float, epsilon: float, rescale_norm: Any = None) -> torch.Tensor:
+    """Drop-in for ``mergekit.sparsify.della_magprune`` (DELLA's MAGPRUNE) with counter-based draws.
+
+    As mergekit: within each row, the element of magnitude rank r (1 = smallest) of c is kept with
+    probability ``density - epsilon + 2 · epsilon · (r - 1) / (c - 1)`` (computed in the same working
+    dtype), then the L1 rescale. Equal magnitudes are ranked by column (mergekit's argsort leaves
+    their order to the sort), so the ranks, like the draws, are a function of the data alone. Rows
+    are never split by a chunked merge (2-D tensors only), so the result is the same for any chunk size.
+    """
+    import torch
+
+    site, vector = _next_call(SITE.get())
+    if density >= 1:
+        return _unchanged(site, tensor)
+    if density <= 0:
+        return _unchanged(site, torch.zeros_like(tensor))
+    if density + epsilon >= 1 or density - epsilon <= 0:
+        raise ValueError("Epsilon must be chosen such that density +/- epsilon is in (0, 1)")
+    work = _work_dtype(tensor.dtype)
+    x = tensor.to(work)
+    # mergekit ranks along dim 1 (a 1-D tensor is one row): make that dimension the last of a 2-D view
+    along = x.view(1, -1) if x.dim() < 2 else x.movedim(1, -1) if x.dim() > 2 else x
+    rows = along.reshape(-1, along.shape[-1])
+    magnitudes = rows.abs()
+    keys = magnitudes.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[magnitudes.element_size()])
+    order = torch.sort(keys, dim=1, stable=True).indices
+    cols = rows.shape[1]
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(1, cols + 1).expand(rows.shape[0], cols))
+    ranks = ranks.to(work)
+    low, high = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
+    probs = (density - epsilon) + ((ranks - low) / (high - low)).clamp(0, 1) * 2 * epsilon
+    probs = probs.view(along.shape)
+    probs = probs.view(x.shape) if x.dim() <= 2 else probs.movedim(-1, 1)
+    draws = draws16(site.seed, site.name, vector, site.offset, x.numel()).view(x.shape)
+    mask = (draws < probs.float() * _RESOLUTION).to(work)
+    return _finish(site, vector, tensor, x, mask, rescale_norm)
 
 
 @contextlib.contextmanager
@@ -238,7 +309,8 @@ def counter_random(seed: int | None, mode: str = "fast") -> Iterator[None]:
     if mode == "mergekit":
         yield
         return
-    real_bernoulli, real_execute = mergekit.sparsify.bernoulli, ExecuteMergeMethodTask.execute
+    real = (mergekit.sparsify.bernoulli, mergekit.sparsify.della_magprune, ExecuteMergeMethodTask.execute)
+    real_execute = real[2]
 
     def execute(self: ExecuteMergeMethodTask, **kwargs: Any) -> Any:
         site = SITE.get()
@@ -248,11 +320,11 @@ def counter_random(seed: int | None, mode: str = "fast") -> Iterator[None]:
         with at(Site(seed=seed or 0, name=self.output_weight.name)):
             return real_execute(self, **kwargs)
 
-    mergekit.sparsify.bernoulli = counter_bernoulli
+    mergekit.sparsify.bernoulli, mergekit.sparsify.della_magprune = counter_bernoulli, counter_della
     ExecuteMergeMethodTask.execute = execute
     token = SEED.set(seed or 0)
     try:
         yield
     finally:
-        mergekit.sparsify.bernoulli, ExecuteMergeMethodTask.execute = real_bernoulli, real_execute
+        mergekit.sparsify.bernoulli, mergekit.sparsify.della_magprune, ExecuteMergeMethodTask.execute = real
         SEED.reset(token)

@@ -61,14 +61,41 @@ def test_keep_rate_and_rescale_match_mergekit(density: float, dtype: torch.dtype
     assert torch.equal(plain != 0, ours != 0) and torch.equal(plain[plain != 0], x[plain != 0])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_della_keep_probability_follows_rank_like_mergekit(dtype: torch.dtype) -> None:
+    """Overall keep rate density; the largest magnitudes of each row kept more often, as much as mergekit's."""
+    from mergekit.sparsify import RescaleNorm, della_magprune
+
+    from hpc_merge.mergekit_adapter.random_sparsify import counter_della
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(256, 1024, generator=g) * 0.01).to(dtype)
+    x[x == 0] = 0.01
+    torch.manual_seed(0)
+    theirs = della_magprune(x, 0.4, 0.3, RescaleNorm.l1)
+    with at(Site(seed=0, name="t")):
+        ours = counter_della(x, 0.4, 0.3, RescaleNorm.l1)
+    large = x.abs() >= x.abs().median(dim=1, keepdim=True).values  # top half of each row
+    rates = {}
+    for label, out in (("ours", ours), ("theirs", theirs)):
+        kept = out != 0
+        rates[label] = (float(kept.float().mean()), float(kept[large].float().mean()), float(kept[~large].float().mean()))
+        assert abs(float(out.double().abs().sum()) / float(x.double().abs().sum()) - 1) < 0.01
+    for ours_rate, theirs_rate in zip(rates["ours"], rates["theirs"], strict=True):
+        assert abs(ours_rate - theirs_rate) < 0.01, rates
+    assert rates["ours"][1] > rates["ours"][2] + 0.2  # ≈ 0.55 vs 0.25
+
+
 def _dare(pool: dict[str, Path], method: str, rescale: bool) -> dict:
+    extra = {"epsilon": 0.2} if method.startswith("della") else {}
     return {"merge_method": method, "base_model": str(pool["base"]), "dtype": "bfloat16",
             "parameters": {"rescale": rescale},
-            "models": [{"model": str(pool[m]), "parameters": {"weight": w, "density": d}}
+            "models": [{"model": str(pool[m]), "parameters": {"weight": w, "density": d, **extra}}
                        for m, w, d in (("math", 0.6, 0.35), ("coder", 0.5, 0.6), ("science", 0.4, 0.5))]}
 
 
-@pytest.mark.parametrize("method,rescale", [("dare_ties", True), ("dare_linear", True), ("dare_ties", False)])
+@pytest.mark.parametrize("method,rescale", [("dare_ties", True), ("dare_linear", True), ("dare_ties", False),
+                                            ("della", True), ("della_linear", False)])
 def test_dare_same_model_for_any_chunk_size_and_threads(tiny_pool, tmp_path: Path, method: str, rescale: bool,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Whole tensors, 1K and 5K row chunks, one thread: the same bytes; another seed: another model."""
