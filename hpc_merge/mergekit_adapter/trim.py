@@ -14,11 +14,11 @@ comes from a histogram of the bit patterns for 16-bit floats (bf16/fp16: 2^15 ma
 (≈ 4 × faster than the argsort). The masked tensor is then built by mergekit's own
 ``rescaled_masked_tensor``, so outside the tied elements the result is bit-identical.
 
-Which methods it affects (mergekit 0.1.5): only those whose sparsification is ``magnitude``, i.e.
-``ties``. ``dare_ties``/``dare_linear`` sample a random mask (``bernoulli``), ``breadcrumbs``/
-``breadcrumbs_ties`` use ``magnitude_outliers``, ``della``/``della_linear`` use ``della_magprune``
-and ``sce`` its own ``topk``: none of them calls ``magnitude``, so ``job.options.sparsify`` does not
-change them.
+Which methods it affects (mergekit 0.1.5): ``ties`` (``magnitude``) and ``breadcrumbs`` /
+``breadcrumbs_ties`` (``magnitude_outliers``: :func:`exact_outliers`, the difference of two exact
+top-k masks instead of a full sort). ``dare_*`` and ``della*`` draw random masks: with ``fast``
+they use the counter-based draws of :mod:`~hpc_merge.mergekit_adapter.random_sparsify` (installed
+by ``run_mergekit`` beside this trim); ``sce`` keeps its own ``topk``.
 
 ``job.options.sparsify``: ``fast`` (default) installs this trim around the merge; ``mergekit``
 leaves mergekit's argsort in place (output bit-identical to ``mergekit-yaml``). ``run_mergekit``
@@ -80,10 +80,22 @@ def magnitude_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
     Ties at the threshold are broken by lowest flat index, so the mask is the same on every device.
     Requires ``0 < density < 1`` and a non-empty tensor (the caller handles the trivial cases).
     """
+    return top_k_mask(tensor, max(1, int(density * tensor.numel())))
+
+
+def top_k_mask(tensor: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the ``k`` largest magnitudes (``0 <= k <= n``), ties by lowest flat index.
+
+    The order (magnitude descending, then index ascending) is total, so masks for two ``k`` are
+    nested: the trims built from differences of them (breadcrumbs) are exact too.
+    """
     import torch
 
     n = tensor.numel()
-    k = max(1, int(density * n))
+    if k <= 0:
+        return torch.zeros(tensor.shape, dtype=torch.bool)
+    if k >= n:
+        return torch.ones(tensor.shape, dtype=torch.bool)
     mag = tensor.abs().reshape(-1)
     if tensor.dtype in (torch.bfloat16, torch.float16):
         keys = mag.view(torch.int16)
@@ -96,6 +108,30 @@ def magnitude_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
         above = int(keep.sum())
     keep_ties(keep, keys, threshold, k - above)
     return keep.view(tensor.shape)
+
+
+def exact_outliers(tensor: torch.Tensor, density: float, rescale_norm: Any = None, gamma: float = 0.01) -> torch.Tensor:
+    """Drop-in for ``mergekit.sparsify.magnitude_outliers`` (breadcrumbs) without its full sort.
+
+    mergekit keeps the elements at ranks ``[n_bot, n_bot + int(density · n))`` of an ascending
+    argsort, ``n_bot = max(0, n - int(density · n) - int(gamma · n))``: the largest ``int(gamma · n)``
+    (fewer if density needs them) and the smallest dropped. Here that is the top-``(n - n_bot)`` mask
+    minus the top-``(n - n_bot - int(density · n))`` one, in the exact trim's order (ties by lowest
+    index; mergekit's sort leaves tied elements' order open), so outside ties the result is the same.
+    """
+    import torch
+    from mergekit.sparsify import rescaled_masked_tensor
+
+    if density >= 1:
+        return tensor
+    n = tensor.numel()
+    if n == 0:
+        return torch.zeros_like(tensor)
+    target = int(density * n)
+    bottom = max(0, n - target - int(gamma * n))
+    keep = top_k_mask(tensor, n - bottom)
+    keep &= ~top_k_mask(tensor, n - bottom - target)
+    return rescaled_masked_tensor(tensor, keep.to(tensor.dtype), rescale_norm)
 
 
 _TIE_BLOCK = 128  # elements per tie-count block: 16 int64 words of bools, every byte lane of their sum ≤ 16
@@ -180,7 +216,7 @@ def exact_magnitude(tensor: torch.Tensor, density: float, rescale_norm: Any = No
 
 @contextlib.contextmanager
 def magnitude_trim(mode: str = DEFAULT_SPARSIFY) -> Iterator[None]:
-    """Use the exact-k trim for ``mergekit.sparsify.magnitude`` inside the block (``fast``), restored after.
+    """Use the exact-k trims for ``magnitude`` and ``magnitude_outliers`` inside the block (``fast``), restored after.
 
     ``mergekit.sparsify.sparsify`` looks ``magnitude`` up in its module at call time, so replacing
     the module attribute reaches every merge method that trims by magnitude.
@@ -190,9 +226,9 @@ def magnitude_trim(mode: str = DEFAULT_SPARSIFY) -> Iterator[None]:
     if mode == "mergekit":
         yield
         return
-    real = mergekit.sparsify.magnitude
-    mergekit.sparsify.magnitude = exact_magnitude
+    real = mergekit.sparsify.magnitude, mergekit.sparsify.magnitude_outliers
+    mergekit.sparsify.magnitude, mergekit.sparsify.magnitude_outliers = exact_magnitude, exact_outliers
     try:
         yield
     finally:
-        mergekit.sparsify.magnitude = real
+        mergekit.sparsify.magnitude, mergekit.sparsify.magnitude_outliers = real

@@ -66,6 +66,29 @@ def test_keep_ties_is_the_first_need_ties_by_index(n: int) -> None:
         assert kept == min(max(0, need), len(ties)) and torch.equal(keep, expected), (n, need)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("density,gamma", [(0.9, 0.01), (0.5, 0.1), (0.95, 0.1), (0.3, 0.0)])
+def test_breadcrumbs_trim_is_mergekits_up_to_ties(dtype: torch.dtype, density: float, gamma: float) -> None:
+    """exact_outliers keeps as many as mergekit's sort; differences only at the two cut magnitudes; same values."""
+    from mergekit.sparsify import RescaleNorm, magnitude_outliers
+
+    from hpc_merge.mergekit_adapter.trim import exact_outliers
+
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(97, 53, generator=g) * 0.02).to(dtype)
+    x[x == 0] = 1e-3
+    for norm in (None, RescaleNorm.l1):
+        theirs, ours = magnitude_outliers(x, density, norm, gamma), exact_outliers(x, density, norm, gamma)
+        kt, ko = theirs != 0, ours != 0
+        assert int(kt.sum()) == int(ko.sum())
+        ranked = x.abs().reshape(-1).float().sort(descending=True).values
+        n, target = x.numel(), int(density * x.numel())
+        top = n - max(0, n - target - int(gamma * n)) - target  # dropped from the top
+        cuts = {float(ranked[top - 1]) if top else None, float(ranked[top + target - 1])}
+        assert all(float(v) in cuts for v in x.abs()[kt != ko].float())
+        assert torch.equal(theirs[kt & ko], ours[kt & ko])
+
+
 def test_output_bit_identical_outside_ties_and_edge_cases() -> None:
     """Same values as mergekit where both keep an element, rescaling included; trivial densities alike."""
     from mergekit.sparsify import RescaleNorm, magnitude
