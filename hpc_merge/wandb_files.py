@@ -41,10 +41,10 @@ def _records(data: bytes):
 
 
 def read_run(run_file: str | Path) -> dict[str, Any]:
-    """``{"config": {...}, "history": [{...}, ...], "summary": {...}}`` of one ``.wandb`` file."""
+    """``{"config": {...}, "history": [{...}, ...], "summary": {...}, "group": ...}`` of one ``.wandb`` file."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    out: dict[str, Any] = {"config": {}, "history": [], "summary": {}}
+    out: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "group": None}
     for raw in _records(Path(run_file).read_bytes()):
         rec = pb.Record()
         try:
@@ -63,6 +63,8 @@ def read_run(run_file: str | Path) -> dict[str, Any]:
                 key = item.key or "/".join(item.nested_key)
                 out["summary"][key] = json.loads(item.value_json)
         elif kind in ("run", "config"):
+            if kind == "run":
+                out["group"] = rec.run.run_group or None  # a sweep's points share one group
             items = rec.run.config.update if kind == "run" else rec.config.update
             for item in items:
                 key = item.key or "/".join(item.nested_key)

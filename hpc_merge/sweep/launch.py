@@ -55,6 +55,12 @@ def launch(config: DictConfig, loader: Any, job_overrides: list[list[str]], firs
               file=sys.stderr)
         _drop_hydra_sweep_dir(config)
         sys.exit(ConfigError.exit_code)
+    chosen = options.get("sweep_dir")
+    if chosen and Path(str(chosen)).expanduser().exists() and any(Path(str(chosen)).expanduser().iterdir()):
+        print(f"error: hydra.launcher.sweep_dir: {chosen} exists and is not empty — fix: give a new folder "
+              "(or leave it unset: logs/sweeps/<date>_<time>-<name>)", file=sys.stderr)
+        _drop_hydra_sweep_dir(config)
+        sys.exit(ConfigError.exit_code)
     if any(p.cfg is not None and p.cfg.job.get("dry_run") for p in points):
         _dry_run(points, keys)
         return _returns(points, config, {})
@@ -148,7 +154,7 @@ def _record(points: list[Point], keys: list[str], options: dict[str, Any]) -> tu
         })
         if skipped is None:
             todo.append(p)
-    sweep_dir.mkdir(parents=True, exist_ok=False)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     sweepfile.write_sweep(sweep_dir, data)
     for p in todo:
         _prepare_run_dir(p, data)

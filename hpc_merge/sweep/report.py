@@ -100,7 +100,8 @@ def plot(path: Path, data: dict[str, Any]) -> str | None:
         ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
-                ax.text(j, i, "-" if v != v else f"{v:.3g}", ha="center", va="center", fontsize=8, color="w")
+                ax.text(j, i, "-" if v != v else f"{v:.3g}", ha="center", va="center", fontsize=8,
+                        bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.7, "linewidth": 0})
         ax.set_xlabel(xk)
         ax.set_ylabel(yk)
         fig.colorbar(im, ax=ax, label=f"{metric} ({better} is better)")
@@ -130,7 +131,7 @@ def write_report(sweep_dir: str | Path, data: dict[str, Any] | None = None, metr
     png = sweep_dir / PNG_FILE
     why_not = plot(png, data)
     name, lower = metric_of(data)
-    order = f"best {name} first ({'lower' if lower else 'higher'} is better)" if name else "in sweep order"
+    order = f"best first by {name} ({'lower' if lower else 'higher'} is better)" if name else "in sweep order"
     lines = [f"sweep {data.get('sweep_id')}: {len(points)} points ({counts(data)}), {order}",
              plain(header, body), f"csv:  {csv_path}", f"plot: {png}" if why_not is None else f"plot: none ({why_not})"]
     notes = [f"  #{p['index']}: {p['skipped']}" for p in points if p.get("skipped")]
