@@ -106,9 +106,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         done.append(name)
     est = _estimate(stages)
     inputs, donors = _input_fields(stages)
-    check_inputs(inputs, donors, allow_pickle=bool(cfg.job.get("allow_pickle", False)),
-                 trust_remote_code=bool(opts.get("trust_remote_code")))
     output = check_output(cfg, inputs, est.get("write_bytes", 0), est.get("write_bytes", 0) * (len(stages) - 1))
+    check_inputs(inputs, donors, allow_pickle=bool(cfg.job.get("allow_pickle", False)),
+                 trust_remote_code=bool(opts.get("trust_remote_code")))  # last: it loads tokenizers
     return {"stages": stages, "findings": findings, "estimate": est, "options": opts, "gpu_options": gpu_options,
             "inputs": all_paths, "output": str(output)}
 

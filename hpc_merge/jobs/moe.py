@@ -80,9 +80,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     inputs = {"moe.base_model": Path(plan.base_path),
               **{f"moe.experts[{i}].source_model": Path(e.path) for i, e in enumerate(plan.experts)},
               **{f"moe.shared_experts[{i}].source_model": Path(e.path) for i, e in enumerate(plan.shared_experts)}}
-    check_inputs(inputs, {"moe.base_model": Path(plan.base_path)}, allow_pickle=bool(cfg.job.get("allow_pickle", False)),
-                 trust_remote_code=bool(opts.get("trust_remote_code")))
     check_output(cfg, inputs, est["write_gb"] * 1e9)
+    check_inputs(inputs, {"moe.base_model": Path(plan.base_path)}, allow_pickle=bool(cfg.job.get("allow_pickle", False)),
+                 trust_remote_code=bool(opts.get("trust_remote_code")))  # last: it loads the tokenizer
     return {"moe": plan.to_dict(), "options": opts, "findings": list(plan.findings), "estimate": est,
             "output": str(Path(str(output)).expanduser().resolve()) if output else None}
 
