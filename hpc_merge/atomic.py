@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-#: ``.NAME.tmp-PID@HOST-XXXX`` (a folder being written) / ``.NAME.old-PID@HOST-XXXX`` (being replaced):
-#: the writer's pid and host are in the name, so a later run can tell a dead writer's leftovers.
-_SIDE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)@(?P<host>[^@/]+?)-(?P<rand>[a-z0-9_]+)$")
+#: ``.NAME.tmp-PID@HOST[+jJOB]-XXXX`` (a folder being written) / ``.NAME.old-...`` (being replaced):
+#: the writer's pid, host and SLURM job are in the name, so a later run can tell a dead writer's leftovers.
+_SIDE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)@(?P<host>[^@/+]+?)(?:\+j(?P<job>[0-9_]+))?"
+                   r"-(?P<rand>[a-z0-9_]+)$")
 
 
 def write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:
@@ -115,9 +116,10 @@ def size_text(nbytes: float) -> str:
 
 
 def _owner_tag() -> str:
-    from hpc_merge.owner import hostname
+    from hpc_merge.owner import hostname, slurm_job_id
 
-    return f"{os.getpid()}@{hostname()}"
+    job = slurm_job_id()
+    return f"{os.getpid()}@{hostname()}" + (f"+j{job}" if job else "")
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -134,13 +136,14 @@ def _disk_full(exc: BaseException) -> bool:
 
 
 def remove_stale_siblings(folder: Path) -> list[Path]:
-    """Remove the ``.NAME.tmp-*`` folders in ``folder`` left by dead writers on this host.
+    """Remove the ``.NAME.tmp-*`` folders in ``folder`` left by dead writers.
 
-    Only names this module makes are touched, only when their writer (pid on this host) is gone;
-    a writer on another host cannot be checked and its folder is left alone. A ``.NAME.old-*``
-    (a dead writer stopped between its two renames) is put back as ``NAME`` when that is missing.
+    Only names this module makes are touched, only when their writer is known to be gone: its pid
+    on this host, or (written on another node) its SLURM job has ended; a writer on another host
+    without a SLURM job cannot be checked and its folder is left alone. A ``.NAME.old-*`` (a dead
+    writer stopped between its two renames) is put back as ``NAME`` when that is missing.
     """
-    from hpc_merge.owner import hostname, pid_alive
+    from hpc_merge.owner import hostname, pid_alive, slurm_job_active
 
     removed = []
     try:
@@ -150,7 +153,12 @@ def remove_stale_siblings(folder: Path) -> list[Path]:
     here = hostname()
     for p in entries:
         m = _SIDE.match(p.name)
-        if not m or m["host"] != here or not p.is_dir() or p.is_symlink() or pid_alive(int(m["pid"])):
+        if not m or not p.is_dir() or p.is_symlink():
+            continue
+        if m["host"] == here:
+            if pid_alive(int(m["pid"])):
+                continue
+        elif not m["job"] or slurm_job_active(m["job"]) is not False:
             continue
         target = folder / m["name"]
         if m["kind"] == "old" and not (target.exists() or target.is_symlink()):
