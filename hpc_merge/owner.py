@@ -27,23 +27,41 @@ def slurm_job_id() -> str | None:
 
 
 def this_owner() -> dict[str, Any]:
-    """This process as an owner record."""
-    return {"pid": os.getpid(), "host": hostname(), "slurm_job_id": slurm_job_id()}
+    """This process as an owner record (its start time tells it from a later process with its pid)."""
+    return {"pid": os.getpid(), "host": hostname(), "slurm_job_id": slurm_job_id(),
+            "pid_start": process_start(os.getpid())}
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (a zombie counts as gone)."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3.. of ``/proc/PID/stat`` (state, ppid, ..., starttime), or None without /proc."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), or None where /proc cannot say."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """Whether process ``pid`` exists on this host (a zombie counts as gone); with ``started``,
+    also that it is the same process, not a later one that was given the same pid."""
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # someone else's live process
-    try:
-        with open(f"/proc/{int(pid)}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
+        pass  # someone else's process: it exists
+    fields = _proc_stat(pid)
+    if fields is None:
         return True
+    if fields[0] == "Z":
+        return False
+    return started is None or len(fields) <= 19 or int(fields[19]) == int(started)
 
 
 def slurm_job_active(job_id: str) -> bool | None:
@@ -69,7 +87,7 @@ def owner_alive(owner: dict[str, Any]) -> bool | None:
     if owner.get("held_by") == "slurm" and job:
         return slurm_job_active(str(job))
     if owner.get("host") == hostname() and owner.get("pid") is not None:
-        return pid_alive(int(owner["pid"]))
+        return pid_alive(int(owner["pid"]), owner.get("pid_start"))
     if job:
         return slurm_job_active(str(job))
     return None
