@@ -6,12 +6,10 @@ Everything that can be checked is checked here, before a job is submitted or a w
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpc_merge.atomic import write_text
@@ -24,18 +22,15 @@ def load_mergekit_yaml(cfg: DictConfig) -> None:
     """``mergekit_yaml=PATH``: put an existing mergekit (or mergekit-moe) YAML into the config.
 
     A file with an ``experts`` key is a mergekit-moe config (job ``moe``), else a merge config.
+    The file is read bounded and checked (:func:`hpc_merge.schema.yamlfile.read_recipe`): a binary,
+    UTF-16, huge, deeply nested or self-referencing file is one line, not a traceback.
     """
+    from hpc_merge.schema.check import typed
+    from hpc_merge.schema.groups import JOBS, MoeRecipe
+    from hpc_merge.schema.yamlfile import read_recipe
+
+    data, text = read_recipe(str(cfg.mergekit_yaml))
     path = Path(str(cfg.mergekit_yaml)).expanduser()
-    if not path.is_file():
-        raise ConfigError("mergekit_yaml", f"file {path} not found", "give the path of an existing mergekit YAML")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError("mergekit_yaml", f"{path} is not valid YAML ({str(exc).splitlines()[0]})",
-                          "fix the YAML syntax") from None
-    if not isinstance(data, dict):
-        raise ConfigError("mergekit_yaml", f"{path} does not hold a mapping", "give a mergekit config file")
     kind = "moe" if "experts" in data else "merge"
     from hpc_merge.moe.card import OURS_HEADER
 
@@ -43,17 +38,33 @@ def load_mergekit_yaml(cfg: DictConfig) -> None:
     if kind == "moe" and not ours and data.get("gate_mode", "hidden") == "hidden":
         # mergekit-moe's ``hidden`` (its default) is our ``hidden_mergekit``: the file keeps its meaning
         data["gate_mode"] = "hidden_mergekit"
+    recipe = {"name": path.stem, **data}
+    if kind == "moe":  # typed like moe=NAME: unknown keys and wrong types named now, as moe.KEY
+        recipe = OmegaConf.merge(OmegaConf.structured(MoeRecipe), typed(MoeRecipe, recipe, "moe"))
     with open_dict(cfg):
-        cfg.job.kind = kind
-        cfg[kind] = OmegaConf.create({**({"name": path.stem}), **data})
+        if cfg.job.kind != kind:  # the job group's own fields that the new kind also has are kept
+            job = OmegaConf.to_container(cfg.job, resolve=True)
+            schema = OmegaConf.structured(JOBS[kind])
+            kept = {k: job[k] for k in ("dry_run", "smoke") if k in job and k in schema}
+            kept["options"] = {k: v for k, v in (job.get("options") or {}).items() if k in schema.options}
+            cfg.job = OmegaConf.merge(schema, kept)
+        cfg[kind] = recipe if kind == "moe" else OmegaConf.create(recipe)
         if cfg.get("name") in (None, "default"):
             cfg.name = path.stem
 
 
 def prepare(cfg: DictConfig) -> tuple[str, dict[str, Any], Path]:
-    """Validate ``cfg`` and work out its run dir; returns ``(kind, plan, run_dir)``."""
+    """Validate ``cfg`` and work out its run dir; returns ``(kind, plan, run_dir)``.
+
+    The fast schema and bounds check (:func:`hpc_merge.schema.check`) runs first, so a bad value
+    is reported before mergekit or torch is imported; then the job kind's own validation (models,
+    architectures, mergekit's method specs). Nothing is written here.
+    """
+    from hpc_merge import schema
+
     if cfg.get("mergekit_yaml"):
         load_mergekit_yaml(cfg)
+    schema.check(cfg)
     with open_dict(cfg):
         cfg.logs_dir = str(Path(str(cfg.logs_dir)).expanduser().resolve())
     if cfg.get("cluster") is not None:
@@ -93,9 +104,11 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         result = launch(kind, cfg, run_dir, on_submit=lock.hand_to_slurm)
     finally:
         lock.release()
-    if result is not None:
-        summary = {k: result.get(k) for k in ("status", "output_model", "metrics", "timings") if k in result}
-        print(json.dumps(summary, indent=2, default=str))
+    if result is not None:  # a screenful: every metric is in result.json
+        from hpc_merge.console import echo, elapsed_s
+        from hpc_merge.summary import summary_lines
+
+        echo("\n".join(summary_lines(kind, cfg, result, run_dir, elapsed_s())))
     print(f"run_dir: {run_dir}")
     return result
 

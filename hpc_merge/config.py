@@ -15,38 +15,49 @@ def config_dir() -> str:
 
 
 def compose(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:
-    """Compose ``config.yaml`` with ``overrides`` using Hydra's compose API."""
+    """Compose ``config.yaml`` with ``overrides`` (Hydra's compose API) against the typed schema.
+
+    A composition problem (unknown option or key, a value of the wrong type, bad override syntax)
+    is raised as one :class:`~hpc_merge.errors.ConfigError` naming the field, never as Hydra's
+    multi-line report; nothing is written.
+    """
+    overrides = list(overrides or [])
+    try:
+        return _compose(overrides, return_hydra_config)
+    except Exception as exc:  # Hydra and OmegaConf raise many types: each becomes one line
+        raise _one_line(exc, overrides) from None
+
+
+def _compose(overrides: list[str], return_hydra_config: bool) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from hpc_merge.schema import register
+
+    register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides or []), return_hydra_config=return_hydra_config)
+        return hydra_compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
 
 
-def precheck(overrides: list[str]) -> None:
-    """Compose once with the compose API so override mistakes become one-line ConfigErrors.
+def _one_line(exc: Exception, overrides: list[str]) -> Exception:
+    """The ConfigError for a failed composition; an exception of unknown shape is pinned on the first
+    override with which composition fails (the rare case costs one compose per override)."""
+    from hpc_merge.errors import ConfigError
+    from hpc_merge.schema.translate import from_hydra, from_omegaconf
 
-    Hydra's own report of a bad override is many lines (every option of the group, the search
-    path, a hint about HYDRA_FULL_ERROR) and exits 1; users get one line and exit 2 instead.
-    """
-    import re
-
-    from hpc_merge.errors import ConfigError, did_you_mean
-
-    try:
-        compose(overrides)
-    except Exception as exc:  # Hydra raises several exception types for composition problems
-        text = str(exc)
-        missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
-        if missing:
-            group, name = missing.groups()
-            options = sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
-            raise ConfigError(group, f"no {group} config named {name!r}{did_you_mean(name, options)}",
-                              f"use one of {', '.join(options)}") from None
-        key = re.search(r"Could not override '([^']+)'", text) or re.search(r"full_key: (\S+)", text)
-        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-        if key:
-            raise ConfigError(key.group(1), "not a field of the config", f"check the spelling ({first})") from None
-        raise ConfigError("overrides", first, "see hpc-merge --help for the override syntax") from None
+    if isinstance(exc, ConfigError):
+        return exc
+    found = from_omegaconf(exc) or from_hydra(exc, config_dir())
+    if found is not None:
+        return found
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    for i in range(len(overrides)):
+        try:
+            _compose(overrides[: i + 1], False)
+        except Exception:
+            key = overrides[i].split("=", 1)[0].lstrip("+~")
+            return ConfigError(key, f"cannot apply {overrides[i]!r} ({first})",
+                               "check that the key exists (a group chosen with GROUP=NAME holds it) and the value's type")
+    return ConfigError("config", f"cannot compose the config ({first})", "see hpc-merge --cfg job")

@@ -4,10 +4,19 @@ validate -> plan (search space, fitness, budget, resolved models); run -> the se
 (:mod:`hpc_merge.evolve.search`), then the held-out test report of the best candidate (and of the
 ``merge`` recipe as a baseline, when ``evolve.baseline: merge``), the exports and, optionally, the
 final merge of the best. Running the same config again resumes from ``state.pkl``.
+
+``evolve.space`` picks what is searched: ``ps`` (parameter space: the weights of one merge),
+``dfs`` (data-flow space: a path through the source models' layers, :mod:`hpc_merge.evolve.dfs`)
+or ``ps+dfs`` (the best PS recipe, from ``evolve.dfs.ps_run`` or searched first in ``<run_dir>/ps``,
+is merged to ``<run_dir>/ps_best`` and becomes one of the DFS source models, as in the paper).
+The test report gives, per task, each recipe's accuracy and the share of the expert's gain over the
+base that it keeps (base and every source model are scored on the test split too).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from hpc_merge import archcheck
 from hpc_merge import mergekit_adapter as mk
 from hpc_merge.errors import ConfigError
+from hpc_merge.evolve.dfs import DfsSpace, layer_count
 from hpc_merge.evolve.fitness import FitnessSpec
 from hpc_merge.evolve.search import SearchSettings, best_candidate, run_search
 from hpc_merge.evolve.space import SearchSpace
@@ -26,21 +36,24 @@ from hpc_merge.models.resolve import resolve_model
 from hpc_merge.status import update_status
 
 LAUNCHERS = ("local", "slurm")
+SPACES = ("ps", "dfs", "ps+dfs")
+#: Model reference of the PS best in a ps+dfs search until run() has merged it (then: its folder).
+PS_BEST = "evolve:ps_best"
 
 
 def _settings(ev: dict[str, Any], space: SearchSpace, merge: dict[str, Any] | None) -> SearchSettings:
     budget = ev.get("budget") or {}
-    pop = int(ev.get("population") or 8)
+    pop = int(ev["population"])  # typed by the schema: present, an integer (no silent default)
     max_eval = int(budget.get("max_evaluations") or 0)
     if pop < 2:
         raise ConfigError("evolve.population", f"{pop} is too small", "use at least 2 (CMA-ES default: 4 + 3 ln(n))")
     if max_eval < pop:
         raise ConfigError("evolve.budget.max_evaluations", f"{max_eval} is less than one generation ({pop})",
                           "raise the budget or lower evolve.population")
-    sigma = float(ev.get("sigma0", 0.25))
+    sigma = float(ev["sigma0"])
     if not 0 < sigma <= 1:
         raise ConfigError("evolve.sigma0", f"{sigma} outside (0, 1]", "the genotype lives in the unit cube: try 0.25")
-    return SearchSettings(population=pop, sigma0=sigma, seed=int(ev.get("seed", 0)), max_evaluations=max_eval,
+    return SearchSettings(population=pop, sigma0=sigma, seed=int(ev["seed"]), max_evaluations=max_eval,
                           max_generations=budget.get("max_generations"), max_time_s=budget.get("max_time_s"),
                           x0=_x0(ev, space, merge))
 
@@ -67,10 +80,15 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("evolve") is None:
         raise ConfigError("evolve", "no evolution recipe", "choose one: evolve=NAME (conf/evolve/)")
     ev = OmegaConf.to_container(cfg.evolve, resolve=True)
-    space = SearchSpace.from_config(ev)
+    kind = ev.get("space") or "ps"
+    if kind not in SPACES:
+        raise ConfigError("evolve.space", f"unknown space {kind!r}", f"use one of {', '.join(SPACES)}")
+    dfs = ev.get("dfs") or {}
+    ps_recipe = _ps_run_recipe(dfs.get("ps_run")) if kind == "ps+dfs" and dfs.get("ps_run") else None
+    space = SearchSpace.from_config(ev) if kind != "dfs" else None
     fitness = FitnessSpec.from_config(ev.get("fitness") or {})
     merge = OmegaConf.to_container(cfg.merge, resolve=True) if cfg.get("merge") is not None else None
-    settings = _settings(ev, space, merge)
+    settings = _settings(ev, space, merge) if space is not None else None
     launcher = ev.get("launcher", "local")
     if launcher not in LAUNCHERS:
         raise ConfigError("evolve.launcher", f"unknown launcher {launcher!r}", f"use one of {', '.join(LAUNCHERS)}")
@@ -85,8 +103,14 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
 
         tasks, per_job = slurm_tasks(cluster, ev.get("candidates_per_job"), ev.get("gpus_per_candidate", 1))
     mk.merge_options(OmegaConf.to_container(cfg.job.options, resolve=True) if cfg.job.get("options") else {})
-    refs = {"evolve.base_model": space.base_model} if space.base_model else {}
-    refs.update({f"evolve.models[{i}]": m for i, m in enumerate(space.models)})
+    base_ref = str(ev["base_model"]) if ev.get("base_model") else None
+    refs = {"evolve.base_model": base_ref} if base_ref else {}
+    refs.update({f"evolve.models[{i}]": str(m) for i, m in enumerate(ev.get("models") or [])})
+    dfs_sources = [str(m) for m in (dfs.get("models") or ev.get("models") or [])]
+    if kind != "ps":
+        refs.update({f"evolve.dfs.models[{i}]": m for i, m in enumerate(dfs_sources)})
+    if ps_recipe is not None:
+        refs.update({f"evolve.dfs.ps_run.{f}": r for f, r in mk.model_refs(ps_recipe)})
     baseline = None
     if ev.get("baseline") == "merge":
         if cfg.get("merge") is None:
@@ -105,8 +129,14 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
             paths[ref] = str(resolve_model(ref, f))
             local[f] = Path(paths[ref])
     reference = next(iter(local))
-    findings = archcheck.check_models(local, reference, vocab_may_differ=bool(space.extra.get("tokenizer_source")))
-    donor = space.base_model or space.models[0]
+    findings = archcheck.check_models(local, reference, vocab_may_differ=bool(space and space.extra.get("tokenizer_source")))
+    dfs_space, ps_settings = None, None
+    if kind != "ps":
+        dfs_space, settings_dfs = _dfs_plan(ev, kind, dfs_sources, paths, ps_recipe)
+        ps_settings, settings = settings, settings_dfs
+    donor = space.base_model or space.models[0] if space is not None else dfs_space.io_model
+    if donor == PS_BEST:  # the PS best is merged from the PS space's models: its tokenizer donor
+        donor = space.base_model or space.models[0] if ps_recipe is None else mk.model_refs(ps_recipe)[0][1]
     if not mk.donor_has_tokenizer(Path(paths[donor])):
         raise ConfigError("evolve.base_model", f"{paths[donor]} has no tokenizer files", "use a model with a tokenizer")
     options = OmegaConf.to_container(cfg.job.options, resolve=True) if cfg.job.get("options") else {}
@@ -114,11 +144,53 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         from hpc_merge.evolve.launchers import check_memory
 
         check_memory(tasks, cluster, paths, donor, bool(ev.get("in_memory", True)))
-    return {"space": space, "fitness": fitness, "settings": settings, "paths": paths, "donor": donor,
+    return {"space": dfs_space or space, "ps_space": space if kind != "ps" else None, "kind": kind,
+            "ps_settings": ps_settings, "ps_recipe": ps_recipe, "base": base_ref,
+            "experts": [m for m in dict.fromkeys([*(ev.get("models") or []), *dfs_sources]) if m != base_ref],
+            "fitness": fitness, "settings": settings, "paths": paths, "donor": donor,
             "findings": findings, "baseline": baseline, "launcher": launcher, "options": options,
             "workers": int(ev.get("workers") or 1), "threads": int(ev.get("threads_per_worker") or 1),
             "in_memory": bool(ev.get("in_memory", True)), "timeout_s": ev.get("candidate_timeout_s"),
             "per_job": per_job, "tasks": tasks, "final_merge": bool(ev.get("final_merge", False))}
+
+
+def _ps_run_recipe(ps_run: Any) -> dict[str, Any]:
+    """The best recipe of a finished PS run (``evolve.dfs.ps_run``: its run dir)."""
+    path = Path(str(ps_run)) / "result.json"
+    try:
+        recipe = json.loads(path.read_text())["best"]["recipe"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError("evolve.dfs.ps_run", f"{path} holds no finished evolution result",
+                          "give the run dir of a finished evolve run (space=ps), or null to search PS first") from None
+    if recipe.get("merge_method") == "passthrough" or recipe.get("slices"):
+        raise ConfigError("evolve.dfs.ps_run", f"{ps_run} is not a parameter-space run", "give a space=ps run dir")
+    mk.check_recipe(recipe, "evolve.dfs.ps_run")
+    return recipe
+
+
+def _dfs_plan(ev: dict[str, Any], kind: str, sources: list[str], paths: dict[str, str],
+              ps_recipe: dict[str, Any] | None) -> tuple[DfsSpace, SearchSettings]:
+    """The DFS space over ``sources`` (plus the PS best for ps+dfs, first) and its CMA-ES settings.
+
+    ``evolve.dfs.population``/``sigma0``/``budget`` default to ``evolve``'s; the search starts at
+    ``evolve.dfs.start_model`` (default: the io model; for ps+dfs the PS best, so the search begins
+    at the recipe PS found and its best is never worse on validation).
+    """
+    dfs = ev.get("dfs") or {}
+    if not sources:
+        raise ConfigError("evolve.dfs.models", "no source models", "list models in evolve.dfs.models or evolve.models")
+    counts = {m: layer_count(paths[m]) for m in sources}
+    if len(set(counts.values())) != 1:
+        raise ConfigError("evolve.dfs.models", f"layer counts differ: {counts}", "use models of one architecture and depth")
+    models = [PS_BEST, *sources] if kind == "ps+dfs" else sources
+    space = DfsSpace.from_config(ev, models, next(iter(counts.values())))
+    sub = {**ev, **{k: dfs[k] for k in ("population", "sigma0", "budget", "seed") if dfs.get(k) is not None}, "x0": None}
+    settings = dataclasses.replace(_settings(sub, space, None), x0=tuple(space.start()))
+    return space, settings
+
+
+def _shown_paths(plan: dict[str, Any]) -> dict[str, str]:
+    return {**plan["paths"], PS_BEST: "<run_dir>/ps_best"}
 
 
 def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
@@ -126,8 +198,23 @@ def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
     space: SearchSpace = plan["space"]
     s: SearchSettings = plan["settings"]
     fit: FitnessSpec = plan["fitness"]
-    lines = [f"# evolve {space.name}: {space.method}, {space.dim} genes at granularity {space.granularity}",
-             *(f"#   {g.label}: [{g.lo}, {g.hi}]" for g in space.genes),
+    if isinstance(space, DfsSpace):
+        head = [f"# evolve {space.name}: space {plan['kind']}, data-flow: {len(space.slots)} slots "
+                f"({space.repeats} scans x {space.layers} layers x {len(space.models)} models), at most "
+                f"{space.max_layers} layers, embeddings/norm/head from {space.io_model}; {space.dim} genes:",
+                "#   in:<model>.L<layer>.r<scan> in [0, 1], on above 0.5; scale:<slot> in "
+                f"[{space.scale_bounds[0]}, {space.scale_bounds[1]}], the input scale when the path enters it from another model",
+                *(f"#   {label}" for label in space.labels())]
+        if plan["kind"] == "ps+dfs":
+            ps = plan["ps_space"]
+            src = (f"the best of {cfg.evolve.dfs.ps_run}" if plan["ps_recipe"] is not None else
+                   f"searched first: {ps.method}, {ps.dim} genes ({', '.join(ps.labels())}), "
+                   f"budget {plan['ps_settings'].max_evaluations} evaluations")
+            head.append(f"# {PS_BEST} (merged to <run_dir>/ps_best) = the PS best: {src}")
+    else:
+        head = [f"# evolve {space.name}: {space.method}, {space.dim} genes at granularity {space.granularity}",
+                *(f"#   {g.label}: [{g.lo}, {g.hi}]" for g in space.genes)]
+    lines = [*head,
              f"# CMA-ES: population {s.population}, sigma0 {s.sigma0}, seed {s.seed}; budget {s.max_evaluations} "
              f"evaluations" + (f", {s.max_generations} generations" if s.max_generations else "")
              + (f", {s.max_time_s} s" if s.max_time_s else ""),
@@ -135,15 +222,16 @@ def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
              + (f", {fit.limit} examples/task" if fit.limit else "") + f"), test report on {fit.test_split}",
              f"# launcher {plan['launcher']}, workers {plan['workers']}, in_memory {plan['in_memory']}"
              + (f"; {plan['per_job']} candidates per SLURM job over {plan['tasks'].describe()}" if plan.get("tasks") else ""),
-             "# start point (evolve.x0" + (": the centre of the space" if s.x0 is None else "") + ") as a mergekit config:",
-             yaml.safe_dump(mk.to_mergekit(space.decode(s.start(space.dim)), plan["paths"]), sort_keys=False),
+             "# start point (evolve.x0" + (": the centre of the space" if s.x0 is None else "")
+             + (", DFS: every layer of evolve.dfs.start_model" if isinstance(space, DfsSpace) else "") + ") as a mergekit config:",
+             yaml.safe_dump(mk.to_mergekit(space.decode(s.start(space.dim)), _shown_paths(plan)), sort_keys=False),
              "# architecture check: OK", *(f"#   {f}" for f in plan["findings"])]
     return "\n".join(lines)
 
 
-def worker_spec(plan: dict[str, Any], run_dir: Path) -> WorkerSpec:
-    """What every evaluation worker gets (picklable)."""
-    return WorkerSpec(sources=dict(plan["paths"]), donor=plan["donor"], fitness=plan["fitness"],
+def worker_spec(plan: dict[str, Any], run_dir: Path, paths: dict[str, str] | None = None) -> WorkerSpec:
+    """What every evaluation worker gets (picklable); ``paths`` default to the plan's models."""
+    return WorkerSpec(sources=dict(paths or plan["paths"]), donor=plan["donor"], fitness=plan["fitness"],
                       in_memory=plan["in_memory"], options=dict(plan["options"]), threads=plan["threads"],
                       scratch=str(run_dir / "scratch") if not plan["in_memory"] else None)
 
@@ -160,59 +248,131 @@ def _evaluator(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, spec: Worke
     return launchers.local_evaluator(spec, plan["workers"], plan["timeout_s"])
 
 
+def _search(space: Any, settings: SearchSettings, plan: dict[str, Any], run_dir: Path, evaluate: Any, tracker: Any,
+            paths: dict[str, str], step_offset: int = 0) -> tuple[Any, str, dict[str, Any]]:
+    """One CMA-ES search (resuming from ``run_dir``), reported per generation; returns state, stop reason, best."""
+    from hpc_merge.evolve.report import report_generation
+
+    state, reason = run_search(
+        space, settings, run_dir, evaluate,
+        on_generation=lambda st, rows: report_generation(run_dir, tracker, space, st, rows, settings.max_evaluations,
+                                                         step_offset=step_offset),
+        fingerprint_extra={"fitness": plan["fitness"], "in_memory": plan["in_memory"], "paths": paths})
+    best = best_candidate(state.candidates)
+    if best is None:
+        reasons = sorted({c["reason"] for c in state.candidates})[:3]
+        raise RuntimeError(f"no candidate could be scored in {state.evaluations} evaluations: {reasons}")
+    return state, reason, best
+
+
+def _materialise_ps_best(recipe: dict[str, Any], plan: dict[str, Any], dest: Path) -> Path:
+    """Merge the PS best to ``dest`` (atomically; kept across resumes: same recipe, same bytes)."""
+    from hpc_merge.atomic import atomic_dir, write_text
+
+    stamp = json.dumps(recipe, sort_keys=True)
+    if (dest / "config.json").is_file() and (dest / "hpc_merge_ps_recipe.json").is_file() \
+            and (dest / "hpc_merge_ps_recipe.json").read_text() == stamp:
+        return dest
+    with atomic_dir(dest, overwrite=True) as tmp:
+        mk.run_mergekit(mk.to_mergekit(recipe, plan["paths"]), tmp, {**plan["options"], "random_seed": 0})
+        mk.copy_tokenizer_files(Path(plan["paths"][plan["donor"]]), tmp)
+        write_text(tmp / "hpc_merge_ps_recipe.json", stamp)
+    return dest
+
+
+def _reference_recipes(plan: dict[str, Any], dtype: Any) -> dict[str, dict[str, Any]]:
+    """The base and every source model as one-model recipes, so they are scored like candidates."""
+    names = ([plan["base"]] if plan["base"] else []) + list(plan["experts"])
+    extra = {"dtype": dtype} if dtype else {}
+    return {ref: {"name": ref, "merge_method": "passthrough", "models": [{"model": ref}], **extra} for ref in names}
+
+
 def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     """Search (resuming), report the best on the test split, export it, optionally merge it."""
     from hpc_merge.evolve.cache import candidate_key, merge_seed
     from hpc_merge.evolve.export import export_best
-    from hpc_merge.evolve.report import report_generation
+    from hpc_merge.evolve.quality import format_gain_table, gain_report
 
-    space: SearchSpace = plan["space"]
+    space = plan["space"]
     settings: SearchSettings = plan["settings"]
     fit: FitnessSpec = plan["fitness"]
     t0 = time.time()
     update_status(run_dir, phase="evolve:start", max_evaluations=settings.max_evaluations)
-    spec = worker_spec(plan, run_dir)
+    paths = dict(plan["paths"])
+    ps_out: dict[str, Any] | None = None
+    step_offset = 0
+    if plan["kind"] == "ps+dfs":
+        ps_recipe = plan["ps_recipe"]
+        if ps_recipe is None:  # search PS first, in its own folder (its own state: resumable on its own)
+            ps_dir = run_dir / "ps"
+            ps_dir.mkdir(parents=True, exist_ok=True)
+            update_status(run_dir, phase="evolve:ps")
+            with _evaluator(cfg, plan, ps_dir, worker_spec(plan, ps_dir)) as evaluate:
+                ps_state, ps_reason, ps_best = _search(plan["ps_space"], plan["ps_settings"], plan, ps_dir, evaluate,
+                                                       tracker, paths)
+            ps_recipe, step_offset = ps_best["recipe"], ps_state.generation
+            ps_out = {"fitness": ps_best["fitness"], "key": ps_best["key"], "evaluations": ps_state.evaluations,
+                      "stop_reason": ps_reason, "run_dir": str(ps_dir)}
+        else:
+            ps_out = {"from": str(cfg.evolve.dfs.ps_run)}
+        update_status(run_dir, phase="evolve:ps_best")
+        ps_path = str(_materialise_ps_best(ps_recipe, plan, run_dir / "ps_best"))
+        ps_out |= {"recipe": ps_recipe, "model": ps_path}
+        paths[ps_path] = ps_path
+        swap = {PS_BEST: ps_path}
+        space = dataclasses.replace(space, models=tuple(swap.get(m, m) for m in space.models),
+                                    io_model=swap.get(space.io_model, space.io_model),
+                                    start_model=swap.get(space.start_model, space.start_model))
+    spec = worker_spec(plan, run_dir, paths)
+    refs = _reference_recipes(plan, space.extra.get("dtype"))
     with _evaluator(cfg, plan, run_dir, spec) as evaluate:
-        state, reason = run_search(
-            space, settings, run_dir, evaluate,
-            on_generation=lambda st, rows: report_generation(run_dir, tracker, space, st, rows, settings.max_evaluations),
-            fingerprint_extra={"fitness": fit, "in_memory": plan["in_memory"], "paths": plan["paths"]})
+        state, reason, best = _search(space, settings, plan, run_dir, evaluate, tracker, paths, step_offset)
         search_s = time.time() - t0
-        best = best_candidate(state.candidates)
-        if best is None:
-            reasons = sorted({c["reason"] for c in state.candidates})[:3]
-            raise RuntimeError(f"no candidate could be scored in {state.evaluations} evaluations: {reasons}")
         update_status(run_dir, phase="evolve:test")
-        finals = [candidate_job(best["key"], best["recipe"], merge_seed(best["key"], settings.seed), fit.test_split)]
+        finals = {"best": candidate_job(best["key"], best["recipe"], merge_seed(best["key"], settings.seed), fit.test_split)}
         if plan["baseline"]:
             base_recipe = plan["baseline"]
-            finals.append(candidate_job(candidate_key(base_recipe), base_recipe, int(plan["options"].get("random_seed") or 0),
-                                        fit.test_split))
-        tests = evaluate(finals, lambda i, out: None)
+            finals["baseline"] = candidate_job(candidate_key(base_recipe), base_recipe,
+                                               int(plan["options"].get("random_seed") or 0), fit.test_split)
+        if ps_out is not None:
+            finals["ps_best"] = candidate_job(candidate_key(ps_recipe), ps_recipe, 0, fit.test_split)
+        for ref, recipe in refs.items():
+            finals[f"ref:{ref}"] = candidate_job(candidate_key(recipe), recipe, 0, fit.test_split)
+        outs = dict(zip(finals, evaluate(list(finals.values()), lambda i, out: None), strict=True))
+    test = outs["best"]
+    gains = gain_report({k: v for k, v in outs.items() if not k.startswith("ref:")},
+                        {k[4:]: v for k, v in outs.items() if k.startswith("ref:")}, plan["base"], list(plan["experts"]))
     best_out = {"fitness": best["fitness"], "scores": best["scores"], "recipe": best["recipe"], "key": best["key"],
                 "generation": best["generation"], "split": fit.split,
-                "test_fitness": tests[0]["fitness"], "test_scores": tests[0]["scores"], "test_status": tests[0]["status"],
-                "test_metrics": tests[0].get("metrics", {})}
-    result: dict[str, Any] = {"best": best_out, "evaluations": state.evaluations, "generations": state.generation,
-                              "stop_reason": reason, "candidates": len(state.candidates),
-                              "failed": sum(c["status"] != "ok" for c in state.candidates)}
-    summary = {"evolve/best_fitness": best["fitness"], "evolve/test_fitness": tests[0]["fitness"],
+                "test_fitness": test["fitness"], "test_scores": test["scores"], "test_status": test["status"],
+                "test_metrics": test.get("metrics", {}), "test_gain_kept": gains["rows"].get("best", {}).get("gain_kept")}
+    result: dict[str, Any] = {"space": plan["kind"], "best": best_out, "evaluations": state.evaluations,
+                              "generations": state.generation, "stop_reason": reason, "candidates": len(state.candidates),
+                              "failed": sum(c["status"] != "ok" for c in state.candidates), "test_report": gains}
+    summary = {"evolve/best_fitness": best["fitness"], "evolve/test_fitness": test["fitness"],
                "evolve/evaluations": state.evaluations}
+    summary.update({f"evolve/test_gain_kept/{t}": v for t, v in (best_out["test_gain_kept"] or {}).items()})
+    if ps_out is not None:
+        p = outs["ps_best"]
+        result["ps"] = ps_out | {"test_fitness": p["fitness"], "test_metrics": p.get("metrics", {}),
+                                 "test_gain_kept": gains["rows"].get("ps_best", {}).get("gain_kept")}
+        summary["evolve/ps_test_fitness"] = p["fitness"]
     if plan["baseline"]:
-        b = tests[1]
+        b = outs["baseline"]
         result["baseline"] = {"name": plan["baseline"].get("name"), "test_fitness": b["fitness"],
                               "test_scores": b["scores"], "test_metrics": b.get("metrics", {}), "status": b["status"],
-                              "reason": b.get("reason")}
+                              "reason": b.get("reason"), "test_gain_kept": gains["rows"].get("baseline", {}).get("gain_kept")}
         summary["evolve/baseline_test_fitness"] = b["fitness"]
     name = f"{cfg.get('name') or 'evolve'}_best"
     headline = (f"best of evolution run {run_dir.name}: fitness {best['fitness']:.4f} on {fit.split}, "
-                f"{tests[0]['fitness']} on {fit.test_split} after {state.evaluations} evaluations")
-    result["exports"] = export_best(run_dir, best["recipe"], plan["paths"], name, headline)
+                f"{test['fitness']} on {fit.test_split} after {state.evaluations} evaluations")
+    result["exports"] = export_best(run_dir, best["recipe"], paths, name, headline)
     result["fitness_png"] = str(run_dir / "fitness.png")
     result["timings"] = {"search_s": round(search_s, 3), "search_s_all_sessions": round(state.elapsed_s, 3)}
     if plan["final_merge"]:
         result["final_merge"] = _final_merge(cfg, best["recipe"], run_dir, tracker)
     tracker.summary({k: v for k, v in summary.items() if v is not None})
+    print(format_gain_table(gains, fit.test_split))
     print(headline)
     print(f"run the best as a merge: {result['exports']['command']}")
     return result
@@ -229,7 +389,7 @@ def _final_merge(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, tracker
         sub.merge = recipe
         sub.output = str(run_dir / "final")
         sub.job.kind = "merge"
-        sub.job.setdefault("smoke", {"enabled": True, "prompts": ["add: 1 2 + 3 4 ="], "max_new_tokens": 8, "text": None})
+        sub.job.setdefault("smoke", {"enabled": True, "prompts": [], "max_new_tokens": 8, "text": None})
         sub.eval = {"enabled": True, "tasks": list(fit.get("tasks") or ["zoo"]), "size": fit.get("size", "full"),
                     "split": fit.get("test_split", "test")}
         sub.force = True

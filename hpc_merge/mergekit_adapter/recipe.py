@@ -7,6 +7,7 @@ model or a wrong model count only inside ``run_merge``; here every such problem 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from hpc_merge.errors import ConfigError, did_you_mean
@@ -73,6 +74,7 @@ def _check_params(params: Any, spec: Any, allowed_scopes: tuple[str, ...], field
 def check_recipe(recipe: dict[str, Any], field: str = "merge") -> None:
     """Raise :class:`ConfigError` for anything mergekit would reject late or silently ignore."""
     _check_keys(recipe, RECIPE_KEYS + OWN_KEYS, field)
+    check_values(recipe, field)
     specs = method_specs()
     method = recipe.get("merge_method")
     if not method:
@@ -85,8 +87,6 @@ def check_recipe(recipe: dict[str, Any], field: str = "merge") -> None:
     if len(given) != 1:
         raise ConfigError(field, f"needs exactly one of models / slices / modules, got {given or 'none'}",
                           "list the input models under models: (or slices: for layer ranges)")
-    if recipe.get("dtype") and recipe["dtype"] not in DTYPES:
-        raise ConfigError(f"{field}.dtype", f"unknown dtype {recipe['dtype']!r}", f"use one of {', '.join(DTYPES)}")
     _check_params(recipe.get("parameters"), spec, ("shared", "input", "non_base"), f"{field}.parameters")
     base = recipe.get("base_model")
     if spec.contract.base.value == "required" and not base:
@@ -123,8 +123,10 @@ def check_recipe(recipe: dict[str, Any], field: str = "merge") -> None:
                 f = f"{field}.slices[{i}].sources[{j}]"
                 _check_keys(src, SOURCE_KEYS, f)
                 lr = src.get("layer_range")
-                if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) for x in lr) and 0 <= lr[0] < lr[1]):
-                    raise ConfigError(f"{f}.layer_range", f"bad layer range {lr!r}", "use [start, end) with 0 <= start < end")
+                if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) for x in lr) and 0 <= lr[0] <= lr[1]):
+                    # [n, n] is an empty slice: no layer, but mergekit takes the embeddings from the first
+                    # slice's model and the head from the last's (how a DFS path names its io model)
+                    raise ConfigError(f"{f}.layer_range", f"bad layer range {lr!r}", "use [start, end) with 0 <= start <= end")
                 _check_params(src.get("parameters"), spec, ("input", "non_base"), f"{f}.parameters")
     if spec.name.startswith("della"):
         _check_della(recipe, field)
@@ -188,3 +190,99 @@ def _check_required(recipe: dict[str, Any], spec: Any, field: str, base: Any) ->
             if p.name not in (entry.get("parameters") or {}):
                 raise ConfigError(f"{field}.models[{i}].parameters.{p.name}", f"required by {spec.name}",
                                   f"give each model a {p.name} (or set {field}.parameters.{p.name})")
+
+
+#: Value ranges of mergekit's method parameters, from what each method does with them:
+#: (low, high, low included, high included); None = unbounded on that side. Every value must be
+#: finite. ``weight`` may be negative (task negation); a density of 0 keeps nothing (DARE divides by it).
+PARAM_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "weight": (None, None, False, False), "scale": (None, None, False, False),
+    "density": (0.0, 1.0, False, True), "select_topk": (0.0, 1.0, False, True),
+    "t": (0.0, 1.0, True, True), "gamma": (0.0, 1.0, True, False), "epsilon": (0.0, 1.0, True, False),
+    "lambda": (0.0, None, True, False), "r": (0.0, 1.0, True, True), "alpha": (0.0, 1.0, True, True),
+    "tol": (0.0, None, False, False), "eps": (0.0, None, False, False), "max_iter": (1.0, None, True, False),
+    "residual_weight": (None, None, False, False),
+}
+#: Parameters that are switches (mergekit reads them as booleans).
+BOOL_PARAMS = frozenset({"normalize", "int8_mask", "rescale", "filter_wise", "normalize_weights",
+                         "nuslerp_row_wise", "nuslerp_flatten"})
+
+
+def _range_text(name: str) -> str:
+    lo, hi, lo_in, hi_in = PARAM_RANGES[name]
+    if lo is None and hi is None:
+        return "a finite number"
+    if hi is None:
+        return f"a number {'>=' if lo_in else '>'} {lo:g}"
+    return f"a number in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+
+
+def _check_param_value(name: str, value: Any, field: str) -> None:
+    """One parameter value (scalar, gradient or filter list) within its method-independent range."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, dict):
+                if "value" in item:
+                    _check_param_value(name, item["value"], f"{field}[{i}].value")
+            else:
+                _check_param_value(name, item, f"{field}[{i}]")
+        return
+    if name in BOOL_PARAMS:
+        if not isinstance(value, bool):
+            raise ConfigError(field, f"{value!r} is not true or false", f"set {name}: true or false")
+        return
+    if name not in PARAM_RANGES:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(field, f"{value!r} is not a finite number", "give a finite number")
+        return
+    lo, hi, lo_in, hi_in = PARAM_RANGES[name]
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and lo is not None:
+        ok = value >= lo if lo_in else value > lo
+    if ok and hi is not None:
+        ok = value <= hi if hi_in else value < hi
+    if not ok:
+        raise ConfigError(field, f"{value!r} is not {_range_text(name)}", f"give {name} as {_range_text(name)}")
+
+
+def _check_params_values(params: Any, field: str) -> None:
+    if isinstance(params, dict):
+        for key, value in params.items():
+            _check_param_value(str(key), value, f"{field}.{key}")
+
+
+def check_values(recipe: Any, field: str = "merge") -> None:
+    """Types and ranges of a recipe's values, without mergekit (fast: runs before any import of it).
+
+    Shapes this does not understand are left to :func:`check_recipe`, which names them.
+    """
+    if not isinstance(recipe, dict):
+        return
+    method = recipe.get("merge_method")
+    if method is not None and not (isinstance(method, str) and method.strip()):
+        raise ConfigError(f"{field}.merge_method", f"{method!r} is not a method name", "give one name, e.g. ties")
+    for key in ("dtype", "out_dtype"):
+        value = recipe.get(key)
+        if value is not None and value not in DTYPES:
+            raise ConfigError(f"{field}.{key}", f"unknown dtype {value!r}{did_you_mean(str(value), DTYPES)}",
+                              f"use one of {', '.join(DTYPES)}")
+    for key in ("base_model", "tokenizer_source", "chat_template"):
+        value = recipe.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{field}.{key}", f"{value!r} is not a string", "give a model reference or name")
+    _check_params_values(recipe.get("parameters"), f"{field}.parameters")
+    for i, entry in enumerate(recipe.get("models") or [] if isinstance(recipe.get("models"), list) else []):
+        if isinstance(entry, dict):
+            if entry.get("model") is not None and not isinstance(entry["model"], str):
+                raise ConfigError(f"{field}.models[{i}].model", f"{entry['model']!r} is not a model reference",
+                                  "give a model path, Hub id, tiny:NAME or zoo:NAME")
+            _check_params_values(entry.get("parameters"), f"{field}.models[{i}].parameters")
+    for i, sl in enumerate(recipe.get("slices") or [] if isinstance(recipe.get("slices"), list) else []):
+        if not isinstance(sl, dict):
+            continue
+        _check_params_values(sl.get("parameters"), f"{field}.slices[{i}].parameters")
+        if "residual_weight" in sl:
+            _check_param_value("residual_weight", sl["residual_weight"], f"{field}.slices[{i}].residual_weight")
+        for j, src in enumerate(sl.get("sources") or [] if isinstance(sl.get("sources"), list) else []):
+            if isinstance(src, dict):
+                _check_params_values(src.get("parameters"), f"{field}.slices[{i}].sources[{j}].parameters")

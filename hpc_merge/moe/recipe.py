@@ -8,6 +8,7 @@ and each failure is a one-line :class:`~hpc_merge.errors.ConfigError` naming the
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -144,8 +145,8 @@ def _prompts(value: Any, where: str) -> tuple[str, ...]:
 def _scale(value: Any, where: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(where, f"must be a number, got {value!r}", "give a float such as 0.5")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(where, f"must be a finite number >= 0, got {value!r}", "give a float such as 0.5")
     return float(value)
 
 
