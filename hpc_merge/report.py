@@ -115,20 +115,30 @@ def merge_report(run_dir: str | Path, models: list[tuple[str, str, Any]], tasks:
     objects or specs (``size`` picks the zoo's split sizes for ``zoo`` specs). ``tokenizer`` is only
     needed for in-memory models. Returns the rows written to ``report.json``.
     """
-    from hpc_merge.evaluate import evaluate_model, load_tasks
+    from hpc_merge import console
+    from hpc_merge.evaluate import evaluate_model, load_model, load_tasks, load_tokenizer
 
     run_dir = Path(run_dir)
     if tasks and isinstance(tasks[0], str):
         tasks = load_tasks(list(tasks), size=size)
     rows: list[dict] = []
-    for name, role, model in models:
-        if role not in ROLES:
-            raise ValueError(f"model {name!r}: role must be one of {ROLES}, not {role!r}")
-        scores = evaluate_model(model, tasks, tokenizer=tokenizer if not isinstance(model, str | Path) else None,
-                                split=split, limit=limit, batch_size=batch_size)
-        for task, s in scores.items():
-            rows.append({"model": name, "role": role, "task": task, "accuracy": s["accuracy"],
-                         "loglik": s["loglik"], "n": s["n"]})
+    bad = [(name, role) for name, role, _ in models if role not in ROLES]
+    if bad:
+        raise ValueError(f"model {bad[0][0]!r}: role must be one of {ROLES}, not {bad[0][1]!r}")
+    with console.task("evaluating", total=len(models) * len(tasks), unit="eval") as bar:
+        for name, role, model in models:
+            bar.update(info=f"{name}: loading")
+            tok = tokenizer
+            if isinstance(model, str | Path):  # loaded once for all its tasks (one bar step per task)
+                model, tok = load_model(model), load_tokenizer(model)
+            for task in tasks:
+                bar.update(info=f"{name} on {task.name}")
+                s = evaluate_model(model, [task], tokenizer=tok, split=split, limit=limit,
+                                   batch_size=batch_size)[task.name]
+                rows.append({"model": name, "role": role, "task": task.name, "accuracy": s["accuracy"],
+                             "loglik": s["loglik"], "n": s["n"]})
+                bar.update(advance=1)
+            del model
     kept = retention(rows)
     write_json(run_dir / "report.json", {"split": split, "rows": rows, "retention": kept})
     table = format_table(rows)

@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   bash scripts/local_slurm.sh up
+elif ! bash scripts/local_slurm.sh status >/dev/null 2>&1; then
+  echo "note: no local SLURM cluster and not root: the SLURM tests will be skipped. To run them too:" >&2
+  echo "  sudo bash scripts/local_slurm.sh up && bash scripts/test.sh" >&2
 fi
 export HPC_MERGE_CACHE=${HPC_MERGE_CACHE:-$PWD/.cache/test-models}
 exec .venv/bin/python -m pytest -m "not proof" -p no:cacheprovider -ra "$@"

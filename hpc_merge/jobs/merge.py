@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from hpc_merge import archcheck
+from hpc_merge import archcheck, console
 from hpc_merge import mergekit_adapter as mk
 from hpc_merge.errors import ConfigError, did_you_mean
 from hpc_merge.models.inputcheck import check_inputs
@@ -72,38 +72,44 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     """Schema, model resolution, architecture check, mergekit's own validation, resource estimate."""
     if cfg.get("merge") is None:
         raise ConfigError("merge", "no merge recipe", "choose one: merge=NAME (conf/merge/) or mergekit_yaml=PATH")
-    recipe = OmegaConf.to_container(cfg.merge, resolve=True)
-    opts = OmegaConf.to_container(cfg.job.options, resolve=True)
-    mk.merge_options(opts)  # option errors now, not in the job
-    gpu_options = gpu_options_of(cfg, opts)
-    stages, done, findings, all_paths = [], [], [], {}
-    for name, st, field in stages_of(recipe):
-        mk.check_recipe(st, field)
-        paths: dict[str, str] = {}
-        local: dict[str, Path] = {}
-        for sub, ref in mk.model_refs(st):
-            if ref in done:
-                continue
-            path = resolve_model(ref, f"{field}.{sub}")
-            paths[ref] = str(path)
-            local.setdefault(f"{field}.{sub}", path)
-        if local:
-            reference = next(iter(local))
-            findings += archcheck.check_models(dict(local), reference, vocab_may_differ=bool(st.get("tokenizer_source")))
-            if st.get("slices"):
-                layers = {ref: archcheck.read_config(Path(p))["num_hidden_layers"] for ref, p in paths.items()}
-                archcheck.check_layer_ranges(st["slices"], layers, field)
-            donor = local[reference]
-            if not st.get("tokenizer_source") and not mk.donor_has_tokenizer(donor):
-                raise ConfigError(reference, f"the tokenizer donor {donor} has no tokenizer files "
-                                  "(mergekit would write an empty tokenizer)",
-                                  "use a base model with tokenizer.json + tokenizer_config.json, or set tokenizer_source")
-            findings += mk.check_support(dict(local), st, field)  # architecture × method support
-        placeholder = {s: f"/stage/{s}" for s in done}
-        mk.validate_with_mergekit(mk.to_mergekit(st, {**paths, **placeholder}), field)
-        stages.append({"name": name, "field": field, "recipe": st, "paths": paths})
-        all_paths.update(paths)
-        done.append(name)
+    # shown only when slow (first imports of torch and mergekit, a zoo to build, big checkpoints)
+    with console.task("checking config and models", unit="model", show_after=2.0) as bar:
+        recipe = OmegaConf.to_container(cfg.merge, resolve=True)
+        opts = OmegaConf.to_container(cfg.job.options, resolve=True)
+        mk.merge_options(opts)  # option errors now, not in the job
+        gpu_options = gpu_options_of(cfg, opts)
+        stages, done, findings, all_paths = [], [], [], {}
+        for name, st, field in stages_of(recipe):
+            mk.check_recipe(st, field)
+            paths: dict[str, str] = {}
+            local: dict[str, Path] = {}
+            for sub, ref in mk.model_refs(st):
+                if ref in done:
+                    continue
+                bar.update(info=str(ref))
+                path = resolve_model(ref, f"{field}.{sub}")
+                if str(ref) not in paths:
+                    bar.update(advance=1)
+                paths[ref] = str(path)
+                local.setdefault(f"{field}.{sub}", path)
+            if local:
+                reference = next(iter(local))
+                findings += archcheck.check_models(dict(local), reference, vocab_may_differ=bool(st.get("tokenizer_source")))
+                if st.get("slices"):
+                    layers = {ref: archcheck.read_config(Path(p))["num_hidden_layers"] for ref, p in paths.items()}
+                    archcheck.check_layer_ranges(st["slices"], layers, field)
+                donor = local[reference]
+                if not st.get("tokenizer_source") and not mk.donor_has_tokenizer(donor):
+                    raise ConfigError(reference, f"the tokenizer donor {donor} has no tokenizer files "
+                                      "(mergekit would write an empty tokenizer)",
+                                      "use a base model with tokenizer.json + tokenizer_config.json, or set tokenizer_source")
+                findings += mk.check_support(dict(local), st, field)  # architecture × method support
+            placeholder = {s: f"/stage/{s}" for s in done}
+            mk.validate_with_mergekit(mk.to_mergekit(st, {**paths, **placeholder}), field)
+            stages.append({"name": name, "field": field, "recipe": st, "paths": paths})
+            all_paths.update(paths)
+            done.append(name)
+        bar.update(info="resolved, architectures match")
     est = _estimate(stages)
     inputs, donors = _input_fields(stages)
     output = check_output(cfg, inputs, est.get("write_bytes", 0), est.get("write_bytes", 0) * (len(stages) - 1))
@@ -172,35 +178,41 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
         config = mk.to_mergekit(st["recipe"], paths)
         t0 = time.time()
         update_status(run_dir, phase=f"merge:{st['name']}", tasks_done=0, tasks_total=None)
+        label = "merging" + (f" stage {st['name']}" if len(plan["stages"]) > 1 else "")
+        with console.task(label, unit="task") as bar:
+            def progress(p: dict[str, Any], t0: float = t0, stage: str = st["name"], bar: console.Task = bar) -> None:
+                elapsed = max(time.time() - t0, 1e-6)
+                frac = p["tasks_done"] / max(p["tasks_total"], 1)
+                read = read_total * (p["loads_done"] / max(p["loads_total"], 1))
+                written = write_total * (p["tensors_done"] / max(p["tensors_total"], 1))
+                update_status(run_dir, phase=f"merge:{stage}", **p, bytes_read=read, bytes_written=written,
+                              throughput_mb_s=read / elapsed / 1e6, eta_s=elapsed * (1 - frac) / max(frac, 1e-6))
+                bar.update(p["tasks_done"], total=p["tasks_total"],
+                           info=f"{p['tensors_done']}/{p['tensors_total']} tensors · {read / elapsed / 1e6:.1f} MB/s read")
 
-        def progress(p: dict[str, Any], t0: float = t0, stage: str = st["name"]) -> None:
-            elapsed = max(time.time() - t0, 1e-6)
-            frac = p["tasks_done"] / max(p["tasks_total"], 1)
-            read = read_total * (p["loads_done"] / max(p["loads_total"], 1))
-            written = write_total * (p["tensors_done"] / max(p["tensors_total"], 1))
-            update_status(run_dir, phase=f"merge:{stage}", **p, bytes_read=read, bytes_written=written,
-                          throughput_mb_s=read / elapsed / 1e6, eta_s=elapsed * (1 - frac) / max(frac, 1e-6))
+            with model_dir(stage_out[st["name"]], run_dir, bool(plan["options"].get("trust_remote_code"))) as tmp:
+                mk.run_mergekit(config, tmp, effective_options(plan), progress=progress)
+                from hpc_merge.modelcard import write_card
 
-        with model_dir(stage_out[st["name"]], run_dir, bool(plan["options"].get("trust_remote_code"))) as tmp:
-            mk.run_mergekit(config, tmp, effective_options(plan), progress=progress)
-            from hpc_merge.modelcard import write_card
-
-            write_card(tmp, f"{cfg.get('name', 'merge')} ({st['name']})", st["recipe"],
-                       {ref: Path(p) for ref, p in paths.items() if ref in st["paths"] or ref in stage_out})
+                write_card(tmp, f"{cfg.get('name', 'merge')} ({st['name']})", st["recipe"],
+                           {ref: Path(p) for ref, p in paths.items() if ref in st["paths"] or ref in stage_out})
         timings[f"merge_{st['name']}_s"] = round(time.time() - t0, 3)
     timings["merge_s"] = round(sum(timings.values()), 3)
     size = sum(f.stat().st_size for f in output.glob("*.safetensors"))
     metrics: dict[str, Any] = {"output_bytes": size}
     tracker.log({"merge_time_s": timings["merge_s"], "output_bytes": size})
     if cfg.job.smoke.enabled:
-        from hpc_merge.smoke import smoke_test
+        from hpc_merge.smoke import smoke_inputs, smoke_test
 
         update_status(run_dir, phase="smoke")
         t0 = time.time()
-        smoke = smoke_test(output, list(cfg.job.smoke.prompts), int(cfg.job.smoke.max_new_tokens), cfg.job.smoke.text)
+        prompts = cfg.job.smoke.get("prompts")
+        inputs = smoke_inputs(list(plan["inputs"]), list(prompts) if prompts else None, cfg.job.smoke.get("text"))
+        smoke = smoke_test(output, inputs, int(cfg.job.smoke.max_new_tokens))
         timings["smoke_s"] = round(time.time() - t0, 3)
         metrics.update(perplexity=smoke["perplexity"], n_params=smoke["n_params"])
         metrics["samples"] = smoke["samples"]
+        metrics["smoke"] = {k: smoke[k] for k in ("prompts_from", "perplexity_on")}
         tracker.log({"smoke/perplexity": smoke["perplexity"], "smoke/n_params": smoke["n_params"]})
     if cfg.get("eval") and cfg.eval.get("enabled"):
         metrics["report"] = _evaluate(cfg, plan, output, run_dir, tracker)
@@ -212,7 +224,7 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
 def _evaluate(cfg: DictConfig, plan: dict[str, Any], output: Path, run_dir: Path, tracker: Any) -> list[dict]:
     """Merge report: base, every source and the merged model on every task."""
     from hpc_merge.evaluate import load_tasks
-    from hpc_merge.report import format_table, merge_report
+    from hpc_merge.report import merge_report
 
     update_status(run_dir, phase="evaluate")
     final = plan["stages"][-1]["recipe"]
@@ -227,6 +239,4 @@ def _evaluate(cfg: DictConfig, plan: dict[str, Any], output: Path, run_dir: Path
     models.append(("merged", "merged", str(output)))
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
     tasks = load_tasks(list(ev.get("tasks") or ["zoo"]), size=ev.get("size", "full"))
-    rows = merge_report(run_dir, models, tasks, tracker=tracker, split=ev.get("split", "test"))
-    print(format_table(rows))
-    return rows
+    return merge_report(run_dir, models, tasks, tracker=tracker, split=ev.get("split", "test"))

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from hpc_merge import console
 from hpc_merge.errors import ConfigError
 from hpc_merge.models.inputcheck import check_inputs
 from hpc_merge.moe.recipe import PROMPT_GATE_MODES, MoePlan, head_dim, read_config, validate_recipe
@@ -87,7 +88,6 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
             "output": str(Path(str(output)).expanduser().resolve()) if output else None}
 
 
-
 def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
     """Dry-run text: the resolved mergekit-moe recipe, the chosen output and writer, the estimate."""
     p = MoePlan.from_dict(plan["moe"])
@@ -112,8 +112,10 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
     p = MoePlan.from_dict(plan["moe"])
     output = Path(plan["output"]) if plan.get("output") else run_dir / "model"
     update_status(run_dir, phase="build_moe")
-    info = build_moe(p, output, build_options(plan["options"]), overwrite=True,
-                     **output_hooks(run_dir, bool(plan["options"].get("trust_remote_code"))))
+    gates = "fitting gates and writing" if p.gate_mode in PROMPT_GATE_MODES else "writing"
+    with console.task(f"MoE: {gates} {len(p.experts)} experts"):
+        info = build_moe(p, output, build_options(plan["options"]), overwrite=True,
+                         **output_hooks(run_dir, bool(plan["options"].get("trust_remote_code"))))
     timings: dict[str, float] = dict(info.pop("timings"))
     size = sum(f.stat().st_size for f in output.glob("*.safetensors"))
     metrics: dict[str, Any] = {"output_bytes": size, "n_experts": len(p.experts), "output_arch": p.output_arch}
@@ -125,7 +127,8 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
 
         update_status(run_dir, phase="routing")
         t0 = time.time()
-        rep = routing_report(output, [list(e.positive_prompts) for e in p.experts])
+        with console.task("MoE: routing check on the experts' prompts"):
+            rep = routing_report(output, [list(e.positive_prompts) for e in p.experts])
         timings["routing_s"] = round(time.time() - t0, 3)
         # in-sample: these prompts made the gates; a held-out figure needs held-out prompts
         metrics["routing_own_prompts"] = rep
@@ -133,13 +136,16 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
 
     smoke = cfg.job.get("smoke")
     if smoke is not None and smoke.get("enabled", True):
-        from hpc_merge.smoke import smoke_test
+        from hpc_merge.smoke import smoke_inputs, smoke_test
 
         update_status(run_dir, phase="smoke")
         t0 = time.time()
-        res = smoke_test(output, list(smoke.prompts), int(smoke.max_new_tokens), smoke.get("text"))
+        refs = [p.base_ref, *(e.ref for e in (*p.experts, *p.shared_experts))]
+        inputs = smoke_inputs(refs, list(smoke.prompts) if smoke.get("prompts") else None, smoke.get("text"))
+        res = smoke_test(output, inputs, int(smoke.max_new_tokens))
         timings["smoke_s"] = round(time.time() - t0, 3)
-        metrics.update(perplexity=res["perplexity"], n_params=res["n_params"], samples=res["samples"])
+        metrics.update(perplexity=res["perplexity"], n_params=res["n_params"], samples=res["samples"],
+                       smoke={k: res[k] for k in ("prompts_from", "perplexity_on")})
         tracker.log({"smoke/perplexity": res["perplexity"], "smoke/n_params": res["n_params"]})
     if cfg.get("eval") is not None and cfg.eval.get("enabled"):
         metrics["report"] = _evaluate(cfg, p, output, run_dir, tracker)
@@ -151,7 +157,7 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
 def _evaluate(cfg: DictConfig, plan: MoePlan, output: Path, run_dir: Path, tracker: Any) -> list[dict]:
     """Evaluation report: the base, every expert and the MoE on every task (same as merge jobs)."""
     from hpc_merge.evaluate import load_tasks
-    from hpc_merge.report import format_table, merge_report
+    from hpc_merge.report import merge_report
 
     update_status(run_dir, phase="evaluate")
     models = [("base", "base", plan.base_path)]
@@ -163,6 +169,4 @@ def _evaluate(cfg: DictConfig, plan: MoePlan, output: Path, run_dir: Path, track
     models.append(("moe", "merged", str(output)))
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
     tasks = load_tasks(list(ev.get("tasks") or ["zoo"]), size=ev.get("size", "full"))
-    rows = merge_report(run_dir, models, tasks, tracker=tracker, split=ev.get("split", "test"))
-    print(format_table(rows))
-    return rows
+    return merge_report(run_dir, models, tasks, tracker=tracker, split=ev.get("split", "test"))

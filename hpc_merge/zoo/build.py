@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpc_merge import console
 from hpc_merge.atomic import atomic_dir, cache_dir, file_lock
 from hpc_merge.zoo.spec import ALIASES, EXPERT_TASKS, ZooSpec, get_spec
 from hpc_merge.zoo.tasks import SPLITS, make_splits, read_jsonl, write_jsonl
@@ -67,6 +68,11 @@ def ensure_tasks(size: str = "full") -> dict[str, dict[str, Path]]:
     return paths
 
 
+def _label(dest: Path) -> str:
+    """``base`` / ``math`` for progress lines (the zoo's size shows in the cache path)."""
+    return dest.name
+
+
 def _has_model(folder: Path) -> bool:
     return (folder / "config.json").exists() and (folder / "model.safetensors").exists()
 
@@ -91,7 +97,9 @@ def _build_base(dest: Path, spec: ZooSpec, arch: str, tasks: dict[str, dict[str,
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
         examples = [ex for task, rows in train_rows.items()
                     for ex in encode(tok, rows[:round(spec.base_mix.get(task, 1.0) * len(rows))])]
-        train(model, examples, spec.base_steps, spec.base_lr, spec.batch_size, spec.seed, tok.eos_token_id)
+        with console.task(f"zoo: training {_label(dest)}", total=spec.base_steps, unit="step") as bar:
+            train(model, examples, spec.base_steps, spec.base_lr, spec.batch_size, spec.seed, tok.eos_token_id,
+                  on_step=lambda n, loss: bar.update(n, info=f"loss {loss:.3f}"))
         model.save_pretrained(str(tmp))
 
 
@@ -109,8 +117,10 @@ def _build_expert(dest: Path, base: Path, spec: ZooSpec, task: str, index: int,
     if spec.anchor_weight > 0:
         anchor = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
         others = [ex for t in spec.task_params if t != task for ex in encode(tok, read_jsonl(tasks[t]["train"]))]
-    train(model, examples, spec.expert_steps, spec.expert_lr, spec.batch_size, spec.seed + 1 + index,
-          tok.eos_token_id, anchor=anchor, anchor_examples=others, anchor_weight=spec.anchor_weight)
+    with console.task(f"zoo: training {_label(dest)} ({task} expert)", total=spec.expert_steps, unit="step") as bar:
+        train(model, examples, spec.expert_steps, spec.expert_lr, spec.batch_size, spec.seed + 1 + index,
+              tok.eos_token_id, anchor=anchor, anchor_examples=others, anchor_weight=spec.anchor_weight,
+              on_step=lambda n, loss: bar.update(n, info=f"loss {loss:.3f}"))
     with atomic_dir(dest, overwrite=True) as tmp:
         model.save_pretrained(str(tmp))
         for name in TOKENIZER_FILES:
@@ -137,14 +147,31 @@ def ensure_model(name: str, size: str = "full", arch: str = "qwen2") -> Path:
         return base if name == "base" else root / name
     tasks = ensure_tasks(size)
     with file_lock(root), _threads(spec.threads):
+        built = []
         if not _has_model(base):
+            _announce(size, root)
             _build_base(base, spec, arch, tasks)
-        if name == "base":
-            return base
-        out = root / name
+            built.append("base")
+        out = base if name == "base" else root / name
         if not _has_model(out):
+            if not built:
+                _announce(size, root)
             _build_expert(out, base, spec, EXPERT_TASKS[name], list(EXPERT_TASKS).index(name), tasks)
+            built.append(name)
+        if built:
+            console.note(f"zoo: {' and '.join(built)} cached in {root} for next time")
         return out
+
+
+def _announce(size: str, root: Path) -> None:
+    """Say once per process why a first run trains models before merging anything."""
+    if root not in _ANNOUNCED:
+        _ANNOUNCED.add(root)
+        console.note(f"building the {'test ' if size == 'test' else ''}skills zoo (first use only; "
+                     f"tiny models trained on this CPU, cached in {root})")
+
+
+_ANNOUNCED: set[Path] = set()
 
 
 def ensure_zoo(size: str = "full", arch: str = "qwen2") -> ZooInfo:

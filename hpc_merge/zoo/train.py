@@ -11,7 +11,7 @@ task vector barely acts on other prompts, and task vectors add up in a merge ins
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -56,11 +56,12 @@ def _anchor_kl(model, reference, examples: Sequence[Example], pad: int) -> torch
 
 def train(model, examples: Sequence[Example], steps: int, lr: float, batch_size: int, seed: int,
           pad: int, warmup: int = 20, anchor=None, anchor_examples: Sequence[Example] = (),
-          anchor_weight: float = 1.0) -> float:
+          anchor_weight: float = 1.0, on_step: Callable[[int, float], None] | None = None) -> float:
     """Train ``model`` in place for ``steps`` batches drawn (seeded) from ``examples``; last loss.
 
     With ``anchor`` (a frozen model), each step adds ``anchor_weight`` times the KL from the anchor
-    on a batch of ``anchor_examples`` (half the batch size).
+    on a batch of ``anchor_examples`` (half the batch size). ``on_step(steps_done, loss)`` reports
+    progress (the zoo build's bar).
     """
     rng = random.Random(seed)
     examples, anchor_examples = list(examples), list(anchor_examples)
@@ -69,7 +70,7 @@ def train(model, examples: Sequence[Example], steps: int, lr: float, batch_size:
         opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1.0 - s / steps))
     model.train()
     loss = torch.tensor(float("nan"))
-    for _ in range(steps):
+    for step in range(steps):
         ids, mask, labels = collate(rng.sample(examples, min(batch_size, len(examples))), pad)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         if anchor is not None and anchor_examples:
@@ -79,5 +80,7 @@ def train(model, examples: Sequence[Example], steps: int, lr: float, batch_size:
         loss.backward()
         opt.step()
         sched.step()
+        if on_step is not None:
+            on_step(step + 1, float(loss.detach()))
     model.eval()
     return float(loss.detach())

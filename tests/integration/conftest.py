@@ -26,7 +26,8 @@ def slurm_cluster() -> str:
     if os.geteuid() != 0:
         if installed and subprocess.run([str(SCRIPT), "status"], capture_output=True).returncode == 0:
             return "debug"  # someone (root) already runs it: use it
-        pytest.skip("local SLURM needs root to install and start (scripts/local_slurm.sh up)")
+        pytest.skip("no local SLURM cluster, and installing one needs root: "
+                    "sudo bash scripts/local_slurm.sh up && bash scripts/test.sh")
     if not installed and shutil.which("apt-get") is None:
         pytest.skip("SLURM is not installed and apt-get is unavailable to install it")
     proc = subprocess.run([str(SCRIPT), "up"], capture_output=True, text=True, timeout=900)
