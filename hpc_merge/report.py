@@ -46,11 +46,26 @@ def format_table(rows: list[dict]) -> str:
             c = cells.get((model, t))
             vals.append(f"{_fmt(c['accuracy'], True)} ({_fmt(c['loglik'], False)})" if c else "")
         lines.append("| " + " | ".join([model, role, *vals]) + " |")
+    kept = retention(rows)
+    if any("gain_kept" in k for k in kept.values()):  # (merged - base) / (best source - base)
+        lines.append("| " + " | ".join(["gain kept", "merged", *(_fmt(kept[t].get("gain_kept"), True)
+                                                                  if t in kept else "" for t in tasks)]) + " |")
     return "\n".join(lines)
 
 
+def gain_kept(merged: float, base: float, expert: float) -> float:
+    """Share of the expert's gain over the base that the merge keeps: (merged - base) / (expert - base).
+
+    Why not merged / expert: a base that already scores 0.9 "keeps 90 %" of an expert at 1.0 while
+    keeping none of what the expert learned. NaN when the expert has no gain to keep.
+    """
+    gain = expert - base
+    return (merged - base) / gain if gain > 0 else math.nan
+
+
 def retention(rows: list[dict]) -> dict[str, dict[str, Any]]:
-    """Per task: the best source, its accuracy, the merged model's and the share kept (merged/best).
+    """Per task: the best source, its accuracy, the merged model's, the share kept (merged/best)
+    and, when a base row exists, the base's accuracy and the share of the gain kept.
 
     On the zoo the best source on a skill is that skill's expert, so this is the quality bar.
     """
@@ -65,6 +80,10 @@ def retention(rows: list[dict]) -> dict[str, dict[str, Any]]:
         ratio = m / best["accuracy"] if best["accuracy"] > 0 else math.nan
         out[task] = {"best_source": best["model"], "source_accuracy": best["accuracy"],
                      "merged_accuracy": m, "kept": ratio}
+        base = [r for r in rows if r["task"] == task and r["role"] == "base"]
+        if base:
+            share = gain_kept(m, base[0]["accuracy"], best["accuracy"])
+            out[task] |= {"base_accuracy": base[0]["accuracy"], "gain_kept": share if math.isfinite(share) else None}
     return out
 
 
@@ -140,18 +159,25 @@ def merge_report(run_dir: str | Path, models: list[tuple[str, str, Any]], tasks:
                 bar.update(advance=1)
             del model
     kept = retention(rows)
+    for r in rows:  # beside accuracy in every copy of the rows (report.json, result.json, W&B)
+        if r["role"] == "merged" and "gain_kept" in kept.get(r["task"], {}):
+            r["gain_kept"] = kept[r["task"]]["gain_kept"]
     write_json(run_dir / "report.json", {"split": split, "rows": rows, "retention": kept})
     table = format_table(rows)
     kept_lines = [f"- {t}: merged {_fmt(k['merged_accuracy'], True)} vs best source {k['best_source']} "
-                  f"{_fmt(k['source_accuracy'], True)} (kept {_fmt(k['kept'], True)})" for t, k in kept.items()]
+                  f"{_fmt(k['source_accuracy'], True)} (kept {_fmt(k['kept'], True)}"
+                  + (f"; base {_fmt(k['base_accuracy'], True)}, gain kept {_fmt(k['gain_kept'], True)}"
+                     if "gain_kept" in k else "") + ")" for t, k in kept.items()]
     write_text(run_dir / "report.md", "# Merge report\n\nSplit: `" + split + "`; cells: exact-match accuracy "
                "(mean log-likelihood per answer token).\n\n" + table + "\n"
                + ("\n## Kept from the best source\n\n" + "\n".join(kept_lines) + "\n" if kept_lines else ""))
     png = plot_report(rows, run_dir / "report.png")
     if tracker is not None:
-        columns = ["model", "role", "task", "accuracy", "loglik", "n"]
-        tracker.table("merge_report", columns, [[r[c] for c in columns] for r in rows])
+        columns = ["model", "role", "task", "accuracy", "loglik", "n", "gain_kept"]
+        tracker.table("merge_report", columns, [[r.get(c) for c in columns] for r in rows])
         tracker.image("merge_report_plot", png)
         tracker.summary({f"merged/{t}/accuracy": r["accuracy"] for t, r in
-                         ((r["task"], r) for r in rows if r["role"] == "merged")})
+                         ((r["task"], r) for r in rows if r["role"] == "merged")}
+                        | {f"merged/{t}/gain_kept": k["gain_kept"] for t, k in kept.items()
+                           if k.get("gain_kept") is not None})
     return rows

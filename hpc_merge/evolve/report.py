@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from hpc_merge.atomic import write_json
+from hpc_merge.evolve.dfs import DfsSpace
 from hpc_merge.evolve.space import SearchSpace
 from hpc_merge.evolve.state import EvolutionState
 from hpc_merge.status import update_status
 
 
-def gene_values(space: SearchSpace, x: list[float]) -> list[float]:
+def gene_values(space: SearchSpace | DfsSpace, x: list[float]) -> list[float]:
     """Parameter values of a genotype, in gene order (the candidates table's columns)."""
+    if isinstance(space, DfsSpace):
+        return space.values(x)
     return [round(g.lo + min(max(v, 0.0), 1.0) * (g.hi - g.lo), space.decimals) for g, v in zip(space.genes, x, strict=True)]
 
 
@@ -60,8 +63,10 @@ def plot_fitness(history: list[dict[str, Any]], path: Path, title: str = "evolut
 
 
 def report_generation(run_dir: Path, tracker: Any, space: SearchSpace, state: EvolutionState,
-                      rows: list[dict[str, Any]], max_evaluations: int) -> None:
-    """Everything a finished generation reports (the state itself is already saved)."""
+                      rows: list[dict[str, Any]], max_evaluations: int, step_offset: int = 0) -> None:
+    """Everything a finished generation reports (the state itself is already saved).
+
+    ``step_offset``: W&B steps of an earlier search in the same run (ps+dfs: the PS phase's)."""
     h = state.history[-1]
     update_status(run_dir, phase="evolve", generation=h["generation"], evaluations=h["evaluations"],
                   max_evaluations=max_evaluations, best_fitness=h["best_so_far"], generation_best=h["best_fitness"],
@@ -70,7 +75,7 @@ def report_generation(run_dir: Path, tracker: Any, space: SearchSpace, state: Ev
     metrics = {f"evolve/{k}": h[k] for k in ("best_fitness", "mean_fitness", "std_fitness", "best_so_far",
                                               "sigma", "evaluations", "failed", "wall_s") if h[k] is not None}
     metrics.update({f"evolve/task/{t}": v for t, v in h["best_scores"].items()})
-    tracker.log(metrics, step=h["generation"])
+    tracker.log(metrics, step=step_offset + h["generation"])
     tasks = sorted({t for c in state.candidates for t in c["scores"]})
     cols, table = candidate_table(space, rows, tasks)
     tracker.table("evolve/candidates", cols, table)

@@ -69,6 +69,28 @@ class CandidateEvaluator:
         if spec.in_memory:  # the skeleton is loaded exactly as evaluate_model loads a folder
             self.sources = {path: load_tensors(path) for path in sorted(set(spec.sources.values()))}
             self.model = load_model(donor).eval()
+        self._skeletons: dict[int, Any] = {}
+
+    def _skeleton(self, merged: dict[str, Any]) -> Any:
+        """The model to load ``merged`` into: the donor's, or (a data-flow candidate with another
+        depth) one built from the donor's config with that many layers and ``layer_types`` to match,
+        as the written model's config would be. One per depth is kept (tiny next to the sources)."""
+        n = 1 + max((int(k.split(".")[2]) for k in merged if k.startswith("model.layers.")), default=-1)
+        if n == self.model.config.num_hidden_layers:
+            return self.model
+        if n not in self._skeletons:
+            import copy
+
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            cfg = copy.deepcopy(self.model.config)
+            types_ = getattr(cfg, "layer_types", None)
+            cfg.num_hidden_layers = n
+            if types_:
+                cfg.layer_types = [types_[i % len(types_)] for i in range(n)]
+            self._skeletons[n] = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+        return self._skeletons[n]
 
     def _config(self, recipe: dict[str, Any]) -> dict[str, Any]:
         from hpc_merge.mergekit_adapter import to_mergekit
@@ -90,9 +112,9 @@ class CandidateEvaluator:
 
             merged = merge_in_memory(config, self.sources, options, seed=seed)
             t1 = time.perf_counter()
-            load_into(self.model, merged)
+            model = self._skeleton(merged)
+            load_into(model, merged)
             del merged
-            model = self.model
             t2 = time.perf_counter()
             metrics = evaluate_model(model, self.tasks, tokenizer=self.tokenizer, split=split, limit=limit,
                                      batch_size=fit.batch_size)

@@ -70,7 +70,7 @@ def _x0(ev: dict[str, Any], space: SearchSpace, merge: dict[str, Any] | None) ->
         x0 = merge
     try:
         return tuple(min(max(v, 0.0), 1.0) for v in space.encode(x0))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a list or a word is no recipe
         raise ConfigError("evolve.x0", f"not a recipe of this search space ({exc})",
                           "give a recipe with a value for every searched parameter, or null") from None
 
@@ -184,7 +184,9 @@ def _dfs_plan(ev: dict[str, Any], kind: str, sources: list[str], paths: dict[str
         raise ConfigError("evolve.dfs.models", f"layer counts differ: {counts}", "use models of one architecture and depth")
     models = [PS_BEST, *sources] if kind == "ps+dfs" else sources
     space = DfsSpace.from_config(ev, models, next(iter(counts.values())))
-    sub = {**ev, **{k: dfs[k] for k in ("population", "sigma0", "budget", "seed") if dfs.get(k) is not None}, "x0": None}
+    budget = {**(ev.get("budget") or {}), **{k: v for k, v in (dfs.get("budget") or {}).items() if v is not None}}
+    sub = {**ev, **{k: dfs[k] for k in ("population", "sigma0", "seed") if dfs.get(k) is not None}, "budget": budget,
+           "x0": None}
     settings = dataclasses.replace(_settings(sub, space, None), x0=tuple(space.start()))
     return space, settings
 
