@@ -146,18 +146,18 @@ def run_mergekit(config: dict[str, Any], out_dir: Path, options: dict[str, Any],
 
 
 def _with_layer_types_fixed(model_out_config: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap mergekit's ``_model_out_config`` so ``layer_types`` matches the new layer count.
+    """Wrap mergekit's ``_model_out_config`` so the per-layer settings describe the merged layers.
 
     A passthrough that changes depth sets ``num_hidden_layers`` but leaves the donor's
     ``layer_types``; transformers 5 then refuses to save or load the config (after all shards are
-    written). The new list repeats the donor's pattern.
+    written), and a layer moved across the donor's pattern would load the wrong block. Each output
+    layer keeps its source layer's type (``archsupport.fix_output_config``).
     """
+    from hpc_merge.mergekit_adapter.archsupport import fix_output_config
+
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         cfg = model_out_config(*args, **kwargs)
-        types_ = getattr(cfg, "layer_types", None)
-        n = getattr(cfg, "num_hidden_layers", None)
-        if isinstance(types_, list) and types_ and n and len(types_) != n:
-            cfg.layer_types = [types_[i % len(types_)] for i in range(n)]
+        fix_output_config(args[0] if args else kwargs["config"], cfg)  # layers keep their source's type
         return cfg
 
     return wrapped

@@ -9,6 +9,7 @@ one line naming the architecture — before any folder is made.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -152,6 +153,19 @@ def test_architecture_without_any_table_is_refused(tmp_path: Path) -> None:
     build_tokenizer(tmp_path / "olmoe")
     with pytest.raises(ConfigError, match="architecture olmoe has no mergekit 0.1.5 table"):
         _validate(tmp_path / "olmoe", tmp_path)
+
+
+def test_a_refused_cell_is_refused_by_validation_and_shown_in_the_table(tmp_path: Path, monkeypatch) -> None:
+    """A cell the table marks refused stops the job at validation, and the README shows the reason."""
+    row = archsupport.SUPPORT["gemma2"]
+    monkeypatch.setitem(archsupport.SUPPORT, "gemma2", dataclasses.replace(row, refused={"slerp": "made up for the test"}))
+    cfg = compose(["logger=none", "merge=slerp", "models=tiny"] +
+                  [f"models.{n}=tiny:gemma2/{n}" for n in ("math", "science")])
+    cfg.output = str(tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"gemma2 \(Gemma 2\): slerp is not supported: made up for the test"):
+        merge_job.validate(cfg)
+    script = _script()
+    assert "| refused: made up for the test |" in script.render(script.expected_cells())
 
 
 def test_dry_run_names_the_architecture_and_its_fix(tmp_path: Path) -> None:
