@@ -114,7 +114,10 @@ def _check_existing(target: Path, run_dir: Path, force: bool, field: str) -> Non
         raise ConfigError(field, f"{target} cannot be created: {base} is not writable", "choose a folder you can write")
     if not target.is_dir():
         return
-    entries = sorted(p.name for p in target.iterdir())
+    try:
+        entries = sorted(p.name for p in target.iterdir())
+    except OSError as exc:
+        raise ConfigError(field, f"{target} cannot be read ({exc.strerror})", "choose a folder you can read and write") from None
     if not entries:
         return
     marker = read_marker(target)
