@@ -32,6 +32,9 @@ def main() -> None:
     from hpc_merge.errors import ConfigError
 
     args = sys.argv[1:]
+    shown = _show_job_cfg(args)
+    if shown is not None:
+        sys.exit(shown)
     if any(a.startswith("-") for a in args):
         import hydra
 
@@ -46,6 +49,35 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(ConfigError.exit_code)
     main_guarded(cfg)
+
+
+def _show_job_cfg(args: list[str]) -> int | None:
+    """``--cfg job [--resolve]``: print the composed, typed config, as Hydra would, but composed
+    with the compose API so a bad override is one line (exit 2); None for any other flag."""
+    flags = [a for a in args if a.startswith("-")]
+    if not flags or any(f not in ("--cfg", "-c", "--resolve") for f in flags) or not ({"--cfg", "-c"} & set(flags)):
+        return None
+    i = next(i for i, a in enumerate(args) if a in ("--cfg", "-c"))
+    if i + 1 >= len(args) or args[i + 1] != "job":
+        return None
+    from omegaconf import OmegaConf
+
+    from hpc_merge.config import compose
+    from hpc_merge.errors import ConfigError
+
+    overrides = [a for j, a in enumerate(args) if j not in (i, i + 1) and a != "--resolve"]
+    try:
+        cfg = compose(overrides)
+        sys.stdout.write(OmegaConf.to_yaml(cfg, resolve="--resolve" in args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ConfigError.exit_code
+    except Exception as exc:  # --resolve of a broken ${...}
+        from hpc_merge.schema.translate import from_omegaconf
+
+        print(f"error: {from_omegaconf(exc) or exc}", file=sys.stderr)
+        return ConfigError.exit_code
+    return 0
 
 
 if __name__ == "__main__":

@@ -83,3 +83,12 @@ def test_a_config_error_imports_neither_mergekit_nor_torch() -> None:
             "print(sorted(m for m in ('mergekit', 'torch', 'transformers') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split("\n")[:2] == ["merge.models[0].parameters.density", "[]"], out.stdout + out.stderr
+
+
+def test_cfg_job_shows_the_typed_schema_and_refuses_in_one_line(_logs_dir: Path) -> None:
+    shown = run_cli("--cfg", "job", "+experiment=evolve_demo", timeout=120)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for field in ("allow_crimes: false", "population: 8", "timeout_min: 60", "mode: offline", "max_evaluations: 96"):
+        assert field in shown.stdout
+    _assert_one_line_refusal(run_cli("--cfg", "job", "cluster.timeout_min=abc", timeout=120), "cluster.timeout_min",
+                             _logs_dir)

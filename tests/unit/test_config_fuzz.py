@@ -8,7 +8,7 @@ override strings (composition against the typed schema) or written into the comp
 (as ``mergekit_yaml=`` and programmatic callers do). Any other exception fails the test, and so
 does any file written under the logs dir: validation writes nothing.
 
-The number of examples is bounded for CI (``HPC_MERGE_FUZZ_EXAMPLES``, default 60; derandomized,
+The number of examples is bounded for CI (``HPC_MERGE_FUZZ_EXAMPLES``, default 50; derandomized,
 so every run tries the same configs). The figures it prints feed README's "What we guarantee".
 """
 
@@ -37,7 +37,7 @@ BASES: dict[str, list[str]] = {
 #: values a careless user (or a broken script) puts anywhere
 VALUES: list[Any] = [math.nan, math.inf, -math.inf, -1, 0, 10**12, 1.5, 0.5, "abc", "", ["ties"], {"a": 1},
                      None, True, "float8", "tpu", [], [5, 5, 5, 5]]
-EXAMPLES = int(os.environ.get("HPC_MERGE_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("HPC_MERGE_FUZZ_EXAMPLES", "50"))
 STATS = {"tried": 0, "valid": 0, "rejected": 0, "other_exceptions": 0}
 SKIP = ("logs_dir",)  # where the "nothing written" check looks
 
@@ -152,7 +152,9 @@ def test_mutated_configs_are_valid_or_one_line_errors(case, tiny_pool, _logs_dir
 
 def test_fuzz_figures(stats_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The property ran (runs after it in file order) and tried every example; prints the figures."""
-    stats = json.loads(stats_file.read_text()) if stats_file.exists() else STATS
+    if not stats_file.exists():
+        pytest.skip("the property test did not run in this session (selected alone)")
+    stats = json.loads(stats_file.read_text())
     with capsys.disabled():
         print(f"\nconfig fuzz: {stats}")
     assert stats["tried"] >= min(EXAMPLES, 50) and stats["other_exceptions"] == 0
