@@ -38,7 +38,9 @@ def load_mergekit_yaml(cfg: DictConfig) -> None:
     if kind == "moe" and not ours and data.get("gate_mode", "hidden") == "hidden":
         # mergekit-moe's ``hidden`` (its default) is our ``hidden_mergekit``: the file keeps its meaning
         data["gate_mode"] = "hidden_mergekit"
-    recipe = {"name": path.stem, **data}
+    from hpc_merge.recipe_overrides import apply
+
+    recipe = apply(cfg, kind, {"name": path.stem, **data})  # moe.KEY=VALUE given beside the file
     if kind == "moe":  # typed like moe=NAME: unknown keys and wrong types named now, as moe.KEY
         recipe = OmegaConf.merge(OmegaConf.structured(MoeRecipe), typed(MoeRecipe, recipe, "moe"))
     with open_dict(cfg):

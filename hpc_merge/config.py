@@ -21,9 +21,11 @@ def compose(overrides: list[str] | None = None, return_hydra_config: bool = Fals
     is raised as one :class:`~hpc_merge.errors.ConfigError` naming the field, never as Hydra's
     multi-line report; nothing is written.
     """
-    overrides = list(overrides or [])
+    from hpc_merge import recipe_overrides
+
+    overrides, held = recipe_overrides.hold(list(overrides or []))  # mergekit_yaml= with moe.KEY=...
     try:
-        return _compose(overrides, return_hydra_config)
+        return recipe_overrides.attach(_compose(overrides, return_hydra_config), held)
     except Exception as exc:  # Hydra and OmegaConf raise many types: each becomes one line
         raise _one_line(exc, overrides) from None
 
@@ -49,7 +51,7 @@ def _one_line(exc: Exception, overrides: list[str]) -> Exception:
 
     if isinstance(exc, ConfigError):
         return exc
-    found = from_omegaconf(exc) or from_hydra(exc, config_dir())
+    found = from_omegaconf(exc) or from_hydra(exc, config_dir(), overrides)
     if found is not None:
         return found
     first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)

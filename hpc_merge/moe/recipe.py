@@ -302,7 +302,7 @@ def validate_recipe(recipe: Any, field_prefix: str = "moe",
                               "give each expert prompts typical of what it should handle")
     if len(experts) > 1 and len({e.path for e in experts}) == 1 and not recipe.get("allow_identical_experts"):
         raise ConfigError(f"{field_prefix}.experts", "all experts are the same model: a bigger model with the same outputs",
-                          "use different experts, or set allow_identical_experts=true (e.g. to train the router later)")
+                          f"use different experts, or add {field_prefix}.allow_identical_experts=true (e.g. to train the router later)")
 
     base_cfg = read_config(base_path, f"{field_prefix}.base_model")
     source_type = base_cfg.get("model_type")

@@ -9,8 +9,11 @@ or the options of the group.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
+import shlex
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,14 +95,24 @@ def from_omegaconf(exc: BaseException, prefix: str = "") -> ConfigError | None:
     return None
 
 
-def from_hydra(exc: BaseException, config_dir: str) -> ConfigError | None:
-    """The ConfigError for Hydra's own composition messages (missing group option, bad override syntax)."""
+def from_hydra(exc: BaseException, config_dir: str, overrides: Sequence[str] = ()) -> ConfigError | None:
+    """The ConfigError for Hydra's own composition messages (missing group option, bad override syntax).
+
+    A misspelt option with a close match gets the whole command to type next (``overrides`` are the
+    command line's), e.g. ``fix: hpc-merge +experiment=demo``: the likeliest first mistake.
+    """
     text = "\n".join(str(e) for e in _chain(exc))
     missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
     if missing:
         group, name = missing.groups()
         group = group.strip("/")
         options = sorted(p.stem for p in (Path(config_dir) / group).glob("*.yaml"))
+        close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+        typed = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == group and o.endswith(f"={name}")]
+        if close and typed:
+            fixed = [o.replace(f"={name}", f"={close[0]}") if o == typed[0] else o for o in overrides]
+            return ConfigError(group, f"no {group} config named {name!r} (did you mean {close[0]!r}?)",
+                               "hpc-merge " + " ".join(shlex.quote(o) for o in fixed))
         return ConfigError(group, f"no {group} config named {name!r}{did_you_mean(name, options)}",
                            f"use one of {', '.join(options)}" if options else f"add conf/{group}/{name}.yaml")
     override = re.search(r"Could not override '([^']+)'", text) or re.search(r"Could not append to config\. An item is already at '([^']+)'", text)
