@@ -61,11 +61,6 @@ def summary_lines(kind: str, cfg: DictConfig, result: dict[str, Any], run_dir: P
                      "expert (in-sample)")
     if "samples" in metrics:
         lines += describe({**metrics.get("smoke", {"prompts_from": "user"}), **metrics})
-    if kind == "evolve":
-        best = result.get("best") or {}
-        lines.append(f"best: fitness {best.get('fitness')} on {best.get('split')}, {best.get('test_fitness')} on test")
-        if (result.get("exports") or {}).get("command"):
-            lines.append(f"run it as a merge: {result['exports']['command']}")
     out = result.get("output_model")
     if out:
         size = sum(f.stat().st_size for f in Path(out).glob("*.safetensors")) if Path(out).is_dir() else 0

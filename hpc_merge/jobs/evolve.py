@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hpc_merge import archcheck
+from hpc_merge import archcheck, console
 from hpc_merge import mergekit_adapter as mk
 from hpc_merge.errors import ConfigError
 from hpc_merge.evolve.dfs import DfsSpace, layer_count
@@ -255,11 +255,19 @@ def _search(space: Any, settings: SearchSettings, plan: dict[str, Any], run_dir:
     """One CMA-ES search (resuming from ``run_dir``), reported per generation; returns state, stop reason, best."""
     from hpc_merge.evolve.report import report_generation
 
-    state, reason = run_search(
-        space, settings, run_dir, evaluate,
-        on_generation=lambda st, rows: report_generation(run_dir, tracker, space, st, rows, settings.max_evaluations,
-                                                         step_offset=step_offset),
-        fingerprint_extra={"fitness": plan["fitness"], "in_memory": plan["in_memory"], "paths": paths})
+    with console.task("evolving", total=settings.max_evaluations, unit="candidate") as bar:
+        def counted(jobs: list, on_result: Any) -> list:  # the bar moves as each candidate is scored
+            return evaluate(jobs, lambda i, out: (on_result(i, out), bar.update(advance=1)))
+
+        def generation_done(st: Any, rows: list) -> None:
+            report_generation(run_dir, tracker, space, st, rows, settings.max_evaluations, step_offset=step_offset)
+            best = st.history[-1]["best_so_far"]
+            bar.update(st.evaluations, info=f"generation {st.generation} · best so far "
+                       + (f"{best:.4f}" if best is not None else "none"))
+
+        state, reason = run_search(
+            space, settings, run_dir, counted, on_generation=generation_done,
+            fingerprint_extra={"fitness": plan["fitness"], "in_memory": plan["in_memory"], "paths": paths})
     best = best_candidate(state.candidates)
     if best is None:
         reasons = sorted({c["reason"] for c in state.candidates})[:3]
@@ -340,7 +348,8 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
             finals["ps_best"] = candidate_job(candidate_key(ps_recipe), ps_recipe, 0, fit.test_split)
         for ref, recipe in refs.items():
             finals[f"ref:{ref}"] = candidate_job(candidate_key(recipe), recipe, 0, fit.test_split)
-        outs = dict(zip(finals, evaluate(list(finals.values()), lambda i, out: None), strict=True))
+        with console.task(f"scoring on {fit.test_split}", total=len(finals), unit="recipe") as bar:
+            outs = dict(zip(finals, evaluate(list(finals.values()), lambda i, out: bar.update(advance=1)), strict=True))
     test = outs["best"]
     gains = gain_report({k: v for k, v in outs.items() if not k.startswith("ref:")},
                         {k[4:]: v for k, v in outs.items() if k.startswith("ref:")}, plan["base"], list(plan["experts"]))
