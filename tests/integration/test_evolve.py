@@ -106,8 +106,9 @@ def test_evolved_recipe_beats_the_best_hand_preset(tmp_path: Path) -> None:
     assert f"merge_method: {res['best']['recipe']['merge_method']}" in dry.stdout
 
 
-def _kill_after_generation(args: list[str], gen: int, run_dir_hint: Path) -> None:
-    """Start the CLI, SIGKILL it (and its workers) once generation ``gen`` is saved."""
+def _kill_after_generation(args: list[str], gen: int, run_dir_hint: Path, pattern: str = "evolve/*/*/state.pkl") -> None:
+    """Start the CLI, SIGKILL it (and its workers) once generation ``gen`` is saved (in a state
+    file matching ``pattern`` under ``run_dir_hint``)."""
     from hpc_merge.evolve.state import load_state
 
     proc = subprocess.Popen([sys.executable, "-m", "hpc_merge", *args], cwd=ROOT, stdout=subprocess.PIPE,
@@ -115,7 +116,7 @@ def _kill_after_generation(args: list[str], gen: int, run_dir_hint: Path) -> Non
     deadline = time.time() + 600
     try:
         while time.time() < deadline and proc.poll() is None:
-            states = list(run_dir_hint.glob("evolve/*/*/state.pkl"))
+            states = list(run_dir_hint.glob(pattern))
             if states:
                 try:
                     st = load_state(states[0].parent)
@@ -184,3 +185,131 @@ def test_evolve_stem_preset_runs_here_and_final_merge_loads(_logs_dir: Path) -> 
     report = json.loads((run_dir / "report.json").read_text())
     assert {r["role"] for r in report["rows"]} == {"base", "source", "merged"}
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+# ---------------------------------------------------------------------------------- data-flow space
+DFS_SMALL = [*SMALL, "evolve.dfs.population=4", "evolve.dfs.repeats=1", "evolve.dfs.max_layers=6",
+             "evolve.fitness.limit=20"]
+
+
+def test_psdfs_kill_and_resume_equals_uninterrupted(_logs_dir: Path) -> None:
+    """PS+DFS through the CLI, killed during the DFS phase and resumed, ends with the same best."""
+    args = ["+experiment=evolve_psdfs_demo", *DFS_SMALL, "evolve.budget.max_evaluations=8",
+            "evolve.dfs.budget.max_evaluations=16", "evolve.seed=3"]
+    full = run_cli(*args, "run_id=full", timeout=1800)
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert "| evolved best |" in full.stdout and "| expert oracle" in full.stdout  # the gain-kept table
+    _kill_after_generation([*args, "run_id=killed"], gen=1, run_dir_hint=_logs_dir,  # in the DFS phase
+                           pattern="evolve/evolve_psdfs_demo/killed/state.pkl")
+    resumed = run_cli(*args, "run_id=killed", timeout=1800)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _result(_run_dir(full.stdout)), _result(_run_dir(resumed.stdout))
+    assert a["space"] == "ps+dfs" and a["best"]["recipe"]["merge_method"] == "passthrough"
+
+    def same_path(res: dict, run_dir: Path) -> str:  # the PS best is a folder of each run dir
+        return json.dumps(res["best"]["recipe"]).replace(str(run_dir / "ps_best"), "PS_BEST")
+
+    assert same_path(a, _run_dir(full.stdout)) == same_path(b, _run_dir(resumed.stdout))
+    assert a["best"]["fitness"] == b["best"]["fitness"] and a["best"]["generation"] == b["best"]["generation"]
+    assert a["evaluations"] == b["evaluations"] and a["ps"]["key"] == b["ps"]["key"]
+
+
+def test_exported_dfs_best_merges_identically_through_hpc_merge_and_mergekit_yaml(_logs_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    proc = run_cli("+experiment=evolve_dfs_demo", *DFS_SMALL, "evolve.dfs.budget.max_evaluations=8", timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = _run_dir(proc.stdout)
+    yaml_path = run_dir / "best_mergekit.yaml"
+    ours = run_cli(f"mergekit_yaml={yaml_path}", f"output={tmp_path / 'ours'}", "logger=none", timeout=900)
+    assert ours.returncode == 0, ours.stderr[-3000:]
+    theirs = subprocess.run([str(Path(sys.executable).parent / "mergekit-yaml"), str(yaml_path), str(tmp_path / "theirs")],
+                            capture_output=True, text=True, timeout=900)
+    assert theirs.returncode == 0, theirs.stderr[-3000:]
+    tensors = [{k: v for f in sorted((tmp_path / d).glob("*.safetensors")) for k, v in load_file(f).items()}
+               for d in ("ours", "theirs")]
+    assert set(tensors[0]) == set(tensors[1]) and all((tensors[0][k] == tensors[1][k]).all() for k in tensors[0])
+    for d in ("ours", "theirs"):  # a depth other than the sources' loads in stock transformers
+        AutoModelForCausalLM.from_pretrained(str(tmp_path / d))
+
+
+def test_dfs_generations_run_as_slurm_arrays(slurm_profile: dict, tmp_path: Path) -> None:
+    from hpc_merge.jobs import run_job
+
+    cfg = compose(["+experiment=evolve_dfs_demo", *DFS_SMALL, "evolve.dfs.budget.max_evaluations=8",
+                   "evolve.candidates_per_job=2"])
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data["cluster"] = slurm_profile
+    data["evolve"]["launcher"] = "slurm"
+    result = run_job("evolve", data, tmp_path / "run")
+    assert result["status"] == "ok" and result["space"] == "dfs" and result["failed"] == 0
+    arrays = sorted(p.name for p in (tmp_path / "run" / "slurm_evolve").iterdir())
+    assert [a.split("-")[1] for a in arrays][-1] == "test" and "search" in {a.split("-")[1] for a in arrays}
+    assert result["test_report"]["rows"]["best"]["gain_kept"]
+
+
+def _moe_gain_kept(tmp_path: Path, refs: dict, base: str, experts: dict[str, str]) -> dict:
+    """The MoE of the zoo's experts with the fitted router (gate_mode hidden, gate prompts from each
+    skill's train split), scored on the test split like the recipes: ``{"accuracy", "gain_kept"}``."""
+    from hpc_merge import zoo
+    from hpc_merge.evolve.quality import gain_report
+    from hpc_merge.jobs import run_job
+    from hpc_merge.zoo.tasks import read_jsonl
+
+    tasks = zoo.ensure_tasks("full")
+    cfg = OmegaConf.to_container(compose(["+experiment=moe_demo", "models=zoo", "eval=zoo", "logger=none",
+                                          f"output={tmp_path / 'moe'}"]), resolve=True)
+    cfg["moe"]["experts"] = [{"source_model": f"zoo:{e}", "positive_prompts": [r["prompt"] for r in read_jsonl(tasks[t]["train"])[:12]]}
+                             for e, t in zoo.EXPERT_TASKS.items()]
+    cfg["moe"]["gate_mode"] = "hidden"
+    result = run_job("moe", cfg, tmp_path / "moe_run")
+    rows = [r for r in result["metrics"]["report"] if r["role"] == "merged"]
+    out = {"status": "ok", "metrics": {r["task"]: {"accuracy": r["accuracy"]} for r in rows}}
+    return gain_report({"moe": out}, refs, base, list(experts.values()))["rows"]["moe"]
+
+
+@pytest.mark.proof
+def test_psdfs_keeps_80_percent_of_every_experts_gain(tmp_path: Path) -> None:
+    """The DFS proof (issue 21), full zoo, search on validation, report on test: gain kept per skill
+    and mean accuracy of PS alone (evolve_demo, 96 evaluations), DFS alone (96), PS+DFS (the PS run's
+    best + 48 DFS evaluations), the best hand preset, the MoE with fitted routing and the expert oracle.
+    Target: PS+DFS keeps >= 80 % of every expert's gain. Writes .cache/evolve_dfs_proof.json."""
+    from hpc_merge.evolve.quality import format_gain_table, gain_report
+
+    runs = {}
+    ps = run_cli("+experiment=evolve_demo", "logger=none", timeout=3600)
+    assert ps.returncode == 0, ps.stderr[-3000:]
+    runs["PS (evolve_demo)"] = _result(_run_dir(ps.stdout))
+    dfs = run_cli("+experiment=evolve_dfs_demo", "logger=none", timeout=3600)
+    assert dfs.returncode == 0, dfs.stderr[-3000:]
+    runs["DFS (evolve_dfs_demo)"] = _result(_run_dir(dfs.stdout))
+    psdfs = run_cli("+experiment=evolve_psdfs_demo", f"evolve.dfs.ps_run={_run_dir(ps.stdout)}", "logger=wandb", timeout=3600)
+    assert psdfs.returncode == 0, psdfs.stderr[-3000:]
+    runs["PS+DFS (evolve_psdfs_demo)"] = final = _result(_run_dir(psdfs.stdout))
+    report = final["test_report"]
+    refs = {r: {"status": "ok", "metrics": {t: {"accuracy": a} for t, a in acc.items()}}
+            for r, acc in report["references"].items()}
+    presets = _preset_test_fitness(tmp_path)
+    best_preset = max(presets, key=lambda n: presets[n][1])
+    c = compose(["+experiment=evolve_demo", f"merge={best_preset}", "logger=none"])
+    from hpc_merge.evolve.cache import candidate_key
+    from hpc_merge.evolve.worker import CandidateEvaluator
+    from hpc_merge.jobs.evolve import validate, worker_spec
+
+    plan = validate(c)
+    recipe = OmegaConf.to_container(c.merge, resolve=True)
+    preset_out = CandidateEvaluator(worker_spec(plan, tmp_path)).safe_evaluate(
+        {"key": candidate_key(recipe), "recipe": recipe, "seed": 0, "split": "test"})
+    entries = {name: {"status": "ok", "metrics": r["best"]["test_metrics"]} for name, r in runs.items()}
+    entries[f"best hand preset ({best_preset})"] = preset_out
+    table = gain_report(entries, refs, report["base"], list(report["experts"].values()))
+    table["rows"]["MoE, fitted routing"] = _moe_gain_kept(tmp_path, refs, report["base"], report["experts"])
+    text = format_gain_table(table, "test")
+    budgets = {n: r["evaluations"] for n, r in runs.items()} | {"PS+DFS incl. its PS run": final["evaluations"]
+                                                                  + runs["PS (evolve_demo)"]["evaluations"]}
+    print(text, "\nevaluations:", budgets)
+    (ROOT / ".cache").mkdir(exist_ok=True)
+    (ROOT / ".cache" / "evolve_dfs_proof.json").write_text(json.dumps({"table": table, "budgets": budgets}, indent=2))
+    kept = table["rows"]["PS+DFS (evolve_psdfs_demo)"]["gain_kept"]
+    assert all(v is not None and v >= 0.8 for v in kept.values()), text
