@@ -253,10 +253,11 @@ def fix_output_config(merge_config: Any, config: Any) -> None:
     ``layer_types`` pattern.
     """
     n = getattr(config, "num_hidden_layers", None)
+    stored = isinstance(vars(config).get("layer_types"), list)  # Mamba derives it (read-only property)
     if merge_config.slices and n:
         sources = [(s.sources[0].model.config(), *s.sources[0].layer_range) for s in merge_config.slices]
         types, kinds = carried_layers(sources)
-        if types is not None and len(types) == n and isinstance(getattr(config, "layer_types", None), list):
+        if types is not None and len(types) == n and stored:
             config.layer_types = types
         if kinds is not None and len(kinds) == n and config.model_type == "glm4_moe":
             k = _dense_prefix(kinds)
@@ -264,7 +265,7 @@ def fix_output_config(merge_config: Any, config: Any) -> None:
                 raise RuntimeError("glm4_moe: dense layers after MoE layers cannot be described by its config")
             config.first_k_dense_replace = k
     types_ = getattr(config, "layer_types", None)
-    if isinstance(types_, list) and types_ and n and len(types_) != n:
+    if stored and types_ and n and len(types_) != n:
         config.layer_types = [types_[i % len(types_)] for i in range(n)]
 
 

@@ -172,10 +172,10 @@ def test_cell(arch: str, cell: str, tmp_path: Path) -> None:
 
 
 CLI_CASES = {
-    # arch: (recipe, what it exercises)
-    "gemma3_text": "ties",         # tied embeddings, qk-norm, sliding pattern
-    "phi3": "slerp",               # fused qkv / gate_up, filter-list gradients
-    "mixtral": "dare_ties",        # MoE experts re-laid out
+    # arch: (recipe, class transformers must load) — what each exercises
+    "gemma3_text": ("ties", "Gemma3ForCausalLM"),      # tied embeddings, qk-norm, sliding pattern
+    "phi3": ("slerp", "Phi3ForCausalLM"),              # fused qkv / gate_up, filter-list gradients
+    "mixtral": ("dare_ties", "MixtralForCausalLM"),    # MoE experts re-laid out, seeded drops
 }
 
 
@@ -184,7 +184,8 @@ def test_cli_merge_loads(arch: str, tmp_path: Path) -> None:
     """The installed ``hpc-merge`` entry point, as a user runs it, on a non-Qwen architecture."""
     cli = Path(sys.executable).with_name("hpc-merge")
     out = tmp_path / "merged"
-    args = [str(cli), f"merge={CLI_CASES[arch]}", "models=tiny", "logger=none", "job.options.random_seed=0",
+    method, cls = CLI_CASES[arch]
+    args = [str(cli), f"merge={method}", "models=tiny", "logger=none", "job.options.random_seed=0",
             f"output={out}"] + [f"models.{n}=tiny:{arch}/{n}" for n in POOL_NAMES]
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "HPC_MERGE_LOGS": str(tmp_path / "logs")})
@@ -192,7 +193,5 @@ def test_cli_merge_loads(arch: str, tmp_path: Path) -> None:
     assert proc.stdout.strip().splitlines()[-1].startswith("run_dir: ")
     model, _ = _load(out)
     assert json.loads((out / "config.json").read_text())["model_type"] == arch
-    assert type(model).__name__ == SUPPORT_CLASS[arch]
+    assert type(model).__name__ == cls
 
-
-SUPPORT_CLASS = {"gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM", "mixtral": "MixtralForCausalLM"}
