@@ -89,9 +89,9 @@ def setup_cli(argv: list[str]) -> str:
     verbose = parse_verbose(argv)
     os.environ[VERBOSE_ENV] = verbose
     names = {n.strip() for n in verbose.split(",")}
-    if verbose != "true":
-        if "transformers" not in names:
-            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    loud = verbose == "true"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if loud or "transformers" in names else "error")
+    if not loud:
         if not names & {"tqdm", "mergekit", "transformers", "huggingface_hub"}:
             os.environ.setdefault("TQDM_DISABLE", "1")  # library bars (mergekit's tokenizer pass...)
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
