@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hpc_merge.atomic import write_text
+from hpc_merge.atomic import disk_full, free_space, size_text, write_text
 from hpc_merge.errors import ConfigError, JobFailed
 from hpc_merge.jobs import job_module
 from hpc_merge.rundir import read_result, run_dir_for
@@ -87,9 +87,10 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         return None
     from hpc_merge import runlock
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = runlock.acquire(run_dir)  # a second identical run stops here, naming the holder
+    lock = None
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = runlock.acquire(run_dir)  # a second identical run stops here, naming the holder
         previous = read_result(run_dir)
         if previous and previous.get("status") == "ok" and not cfg.get("force"):
             gone = previous.get("output_model") and not Path(previous["output_model"], "config.json").is_file()
@@ -104,8 +105,14 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         from hpc_merge.launch import launch
 
         result = launch(kind, cfg, run_dir, on_submit=lock.hand_to_slurm)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        raise JobFailed(f"no space left on the device of the run dir {run_dir} ({size_text(free_space(run_dir))} "
+                        "free now): free space there or set logs_dir to another file system") from None
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     if result is not None:  # a screenful: every metric is in result.json
         from hpc_merge.console import echo, elapsed_s
         from hpc_merge.summary import summary_lines

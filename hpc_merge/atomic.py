@@ -97,7 +97,7 @@ def atomic_dir(dest: str | Path, overwrite: bool = False, finish: Callable[[Path
             os.replace(tmp, dest)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _disk_full(exc):
+        if disk_full(exc):
             from hpc_merge.errors import JobFailed
 
             free = shutil.disk_usage(dest.parent).free
@@ -105,6 +105,14 @@ def atomic_dir(dest: str | Path, overwrite: bool = False, finish: Callable[[Path
                             "the partial output was removed): free space there or choose another output "
                             "folder") from None
         raise
+
+
+def free_space(path: str | Path) -> int:
+    """Free bytes on the file system ``path`` is (or would be) on: its nearest existing folder's."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def size_text(nbytes: float) -> str:
@@ -122,7 +130,7 @@ def _owner_tag() -> str:
     return f"{os.getpid()}@{hostname()}" + (f"+j{job}" if job else "")
 
 
-def _disk_full(exc: BaseException) -> bool:
+def disk_full(exc: BaseException) -> bool:
     """ENOSPC anywhere in the exception chain (writers wrap it: safetensors, our write thread)."""
     seen: set[int] = set()
     cur: BaseException | None = exc

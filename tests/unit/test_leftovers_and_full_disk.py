@@ -75,7 +75,8 @@ def test_a_writer_killed_between_its_renames_gets_its_output_back(tmp_path: Path
     assert (tmp_path / "out" / "config.json").is_file() and not old.exists()
 
 
-def _in_small_disk(disk: Path, size: int, args: list[str]) -> subprocess.CompletedProcess:
+def _in_small_disk(disk: Path, size: int, args: list[str], env: dict[str, str] | None = None
+                   ) -> subprocess.CompletedProcess:
     """``python -m hpc_merge ARGS`` with a ``size``-byte tmpfs mounted on ``disk``; prints what is left on it."""
     if shutil.which("unshare") is None:
         pytest.skip("unshare (util-linux) is needed to mount a small tmpfs without touching the machine")
@@ -86,7 +87,7 @@ def _in_small_disk(disk: Path, size: int, args: list[str]) -> subprocess.Complet
     script = (f'mount -t tmpfs -o size={size} tmpfs "{disk}" || exit 99; "$@"; rc=$?; echo "--- left:"; '
               f'find "{disk}" -mindepth 1; exit $rc')
     return subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", sys.executable, "-m", "hpc_merge", *args],
-                          capture_output=True, text=True, timeout=600, env=os.environ.copy())
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
 
 
 def _left_on_disk(proc: subprocess.CompletedProcess) -> list[str]:
@@ -119,3 +120,16 @@ def test_disk_full_while_writing_is_one_line_and_leaves_nothing(tiny_pool, tmp_p
     assert errors[0].startswith(f"job failed: no space left on the device while writing {disk / 'out'}")
     assert "the partial output was removed" in errors[0]
     assert _left_on_disk(proc) == [], "no temp folder and no half-written output"
+
+
+def test_full_logs_disk_is_one_line(tiny_pool, tmp_path: Path) -> None:
+    """The run dir's own small files (config, status, log) do not fit: one line, not a traceback."""
+    disk = tmp_path / "small"
+    out = tmp_path / "out"
+    proc = _in_small_disk(disk, 8 * 1024, ["logger=none", "models=tiny", f"output={out}"],
+                          env={"HPC_MERGE_LOGS": str(disk / "logs")})
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith(("job failed", "error"))]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert errors[0].startswith(f"job failed: no space left on the device of the run dir {disk / 'logs' / 'merge'}")
+    assert not out.exists()
