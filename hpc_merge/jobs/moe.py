@@ -169,4 +169,5 @@ def _evaluate(cfg: DictConfig, plan: MoePlan, output: Path, run_dir: Path, track
     models.append(("moe", "merged", str(output)))
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
     tasks = load_tasks(list(ev.get("tasks") or ["zoo"]), size=ev.get("size", "full"))
-    return merge_report(run_dir, models, tasks, tracker=tracker, split=ev.get("split", "test"))
+    return merge_report(run_dir, models, tasks, tracker=tracker, split=ev.get("split", "test"),
+                        limit=ev.get("limit"), batch_size=int(ev.get("batch_size") or 32))  # eval.limit was ignored
