@@ -41,19 +41,19 @@ def _accuracy(metrics: dict) -> float:
     return sum(m["accuracy"] for m in metrics.values()) / len(metrics) if metrics else float("-inf")
 
 
-def _preset_test_fitness(logs: Path) -> dict[str, tuple[float, float]]:
+def _preset_test_fitness(logs: Path, extra: tuple[str, ...] = ()) -> dict[str, tuple[float, float]]:
     """Every hand preset merged over the zoo and scored like the evolved best (same evaluator, test split)."""
     from hpc_merge.evolve.cache import candidate_key
     from hpc_merge.evolve.worker import CandidateEvaluator
     from hpc_merge.jobs.evolve import validate, worker_spec
 
     out: dict[str, tuple[float, float]] = {}
-    cfg = compose(["+experiment=evolve_demo", "logger=none"])
+    cfg = compose(["+experiment=evolve_demo", "logger=none", *extra])
     plan = validate(cfg)
     paths = dict(plan["paths"])
     recipes = {}
     for name in PRESETS:
-        c = compose(["+experiment=evolve_demo", f"merge={name}", "logger=none"])
+        c = compose(["+experiment=evolve_demo", f"merge={name}", "logger=none", *extra])
         recipe = OmegaConf.to_container(c.merge, resolve=True)
         from hpc_merge import mergekit_adapter as mk
         from hpc_merge.models.resolve import resolve_model
@@ -188,6 +188,11 @@ def test_evolve_stem_preset_runs_here_and_final_merge_loads(_logs_dir: Path) -> 
 
 
 # ---------------------------------------------------------------------------------- data-flow space
+#: Extra overrides for every run of the DFS proof; empty for the proof itself. To try its code on
+#: the test zoo in minutes: HPC_MERGE_PROOF_ARGS="models=zoo_test evolve.fitness.size=test eval.size=test ..."
+#: (``eval.*`` ones go to the MoE run only, ``models=`` to every run.)
+PROOF_ALL = os.environ.get("HPC_MERGE_PROOF_ARGS", "").split()
+PROOF_ARGS = [a for a in PROOF_ALL if not a.startswith("eval.")]
 DFS_SMALL = [*SMALL, "evolve.dfs.population=4", "evolve.dfs.repeats=1", "evolve.dfs.max_layers=6",
              "evolve.fitness.limit=20"]
 
@@ -259,8 +264,10 @@ def _moe_gain_kept(tmp_path: Path, refs: dict, base: str, experts: dict[str, str
 
     tasks = zoo.ensure_tasks("full")
     cfg = OmegaConf.to_container(compose(["+experiment=moe_demo", "models=zoo", "eval=zoo", "logger=none",
-                                          f"output={tmp_path / 'moe'}"]), resolve=True)
-    cfg["moe"]["experts"] = [{"source_model": f"zoo:{e}", "positive_prompts": [r["prompt"] for r in read_jsonl(tasks[t]["train"])[:12]]}
+                                          f"output={tmp_path / 'moe'}",
+                                          *(a for a in PROOF_ALL if a.startswith(("models=", "eval.")))]), resolve=True)
+    pool = {zoo.ALIASES[k]: v for k, v in cfg["models"].items() if k in zoo.ALIASES}
+    cfg["moe"]["experts"] = [{"source_model": pool[e], "positive_prompts": [r["prompt"] for r in read_jsonl(tasks[t]["train"])[:12]]}
                              for e, t in zoo.EXPERT_TASKS.items()]
     cfg["moe"]["gate_mode"] = "hidden"
     result = run_job("moe", cfg, tmp_path / "moe_run")
@@ -278,21 +285,22 @@ def test_psdfs_keeps_80_percent_of_every_experts_gain(tmp_path: Path) -> None:
     from hpc_merge.evolve.quality import format_gain_table, gain_report
 
     runs = {}
-    ps = run_cli("+experiment=evolve_demo", "logger=none", timeout=3600)
+    ps = run_cli("+experiment=evolve_demo", "logger=none", *PROOF_ARGS, timeout=3600)
     assert ps.returncode == 0, ps.stderr[-3000:]
     runs["PS (evolve_demo)"] = _result(_run_dir(ps.stdout))
-    dfs = run_cli("+experiment=evolve_dfs_demo", "logger=none", timeout=3600)
+    dfs = run_cli("+experiment=evolve_dfs_demo", "logger=none", *PROOF_ARGS, timeout=3600)
     assert dfs.returncode == 0, dfs.stderr[-3000:]
     runs["DFS (evolve_dfs_demo)"] = _result(_run_dir(dfs.stdout))
-    psdfs = run_cli("+experiment=evolve_psdfs_demo", f"evolve.dfs.ps_run={_run_dir(ps.stdout)}", "logger=wandb", timeout=3600)
+    psdfs = run_cli("+experiment=evolve_psdfs_demo", f"evolve.dfs.ps_run={_run_dir(ps.stdout)}", "logger=wandb",
+                    *PROOF_ARGS, timeout=3600)
     assert psdfs.returncode == 0, psdfs.stderr[-3000:]
     runs["PS+DFS (evolve_psdfs_demo)"] = final = _result(_run_dir(psdfs.stdout))
     report = final["test_report"]
     refs = {r: {"status": "ok", "metrics": {t: {"accuracy": a} for t, a in acc.items()}}
             for r, acc in report["references"].items()}
-    presets = _preset_test_fitness(tmp_path)
+    presets = _preset_test_fitness(tmp_path, tuple(PROOF_ARGS))
     best_preset = max(presets, key=lambda n: presets[n][1])
-    c = compose(["+experiment=evolve_demo", f"merge={best_preset}", "logger=none"])
+    c = compose(["+experiment=evolve_demo", f"merge={best_preset}", "evolve.x0=null", "logger=none", *PROOF_ARGS])
     from hpc_merge.evolve.cache import candidate_key
     from hpc_merge.evolve.worker import CandidateEvaluator
     from hpc_merge.jobs.evolve import validate, worker_spec
