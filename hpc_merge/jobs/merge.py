@@ -110,13 +110,28 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
             all_paths.update(paths)
             done.append(name)
         bar.update(info="resolved, architectures match")
+    split_parts = _split_parts(stages, opts, int(cfg.job.get("tasks") or 1))  # job.tasks > tensors: refused here
     est = _estimate(stages)
     inputs, donors = _input_fields(stages)
     output = check_output(cfg, inputs, est.get("write_bytes", 0), est.get("write_bytes", 0) * (len(stages) - 1))
     check_inputs(inputs, donors, allow_pickle=bool(cfg.job.get("allow_pickle", False)),
                  trust_remote_code=bool(opts.get("trust_remote_code")))  # last: it loads tokenizers
     return {"stages": stages, "findings": findings, "estimate": est, "options": opts, "gpu_options": gpu_options,
-            "inputs": all_paths, "output": str(output)}
+            "inputs": all_paths, "output": str(output), "split": split_parts}
+
+
+def _split_parts(stages: list[dict[str, Any]], opts: dict[str, Any], tasks: int) -> dict[str, list[Any]]:
+    """``{stage: parts}`` of a split merge (``job.tasks > 1``) for the stages whose inputs exist now;
+    a stage that reads an earlier stage's output is split when it runs."""
+    if tasks <= 1:
+        return {}
+    from hpc_merge import split
+
+    out = {}
+    for st in stages:
+        if all(ref in st["paths"] for _sub, ref in mk.model_refs(st["recipe"])):
+            out[st["name"]] = split.plan_parts(mk.to_mergekit(st["recipe"], st["paths"]), opts, tasks)
+    return out
 
 
 def _input_fields(stages: list[dict[str, Any]]) -> tuple[dict[str, Path], dict[str, Path]]:
@@ -162,6 +177,10 @@ def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
     e = plan["estimate"]
     if e:
         parts.append(f"# estimate: read {e['read_gb']} GB, write {e['write_gb']} GB, peak RAM ~{e['peak_ram_gb']} GB")
+    if plan.get("split"):
+        from hpc_merge import split
+
+        parts += [split.describe(p, stage) for stage, p in plan["split"].items()]
     return "\n".join(parts)
 
 
@@ -190,12 +209,20 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
                 bar.update(p["tasks_done"], total=p["tasks_total"],
                            info=f"{p['tensors_done']}/{p['tensors_total']} tensors · {read / elapsed / 1e6:.1f} MB/s read")
 
+            tasks = int(cfg.job.get("tasks") or 1)
             with model_dir(stage_out[st["name"]], run_dir, bool(plan["options"].get("trust_remote_code"))) as tmp:
-                mk.run_mergekit(config, tmp, effective_options(plan), progress=progress)
+                if tasks > 1:  # N local processes, then one model (hpc_merge/split/)
+                    _merge_split(config, effective_options(plan), tasks, run_dir, st["name"], tmp, bar)
+                else:
+                    mk.run_mergekit(config, tmp, effective_options(plan), progress=progress)
                 from hpc_merge.modelcard import write_card
 
                 write_card(tmp, f"{cfg.get('name', 'merge')} ({st['name']})", st["recipe"],
                            {ref: Path(p) for ref, p in paths.items() if ref in st["paths"] or ref in stage_out})
+        if tasks > 1:
+            from hpc_merge import split
+
+            split.remove_parts(run_dir / "parts" / st["name"])  # the model is in place
         timings[f"merge_{st['name']}_s"] = round(time.time() - t0, 3)
     timings["merge_s"] = round(sum(timings.values()), 3)
     size = sum(f.stat().st_size for f in output.glob("*.safetensors"))
@@ -219,6 +246,21 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
     tracker.summary({k: v for k, v in metrics.items() if isinstance(v, int | float)} | {"merge_time_s": timings["merge_s"]})
     return {"output_model": str(output), "metrics": metrics, "timings": timings,
             "stages": {k: str(v) for k, v in stage_out.items()}}
+
+
+def _merge_split(config: dict[str, Any], options: dict[str, Any], tasks: int, run_dir: Path, stage: str,
+                 out: Path, bar: console.Task) -> None:
+    """One stage as ``tasks`` parts (finished parts of an earlier try reused), assembled into ``out``."""
+    from hpc_merge import split
+
+    def progress(p: dict[str, Any]) -> None:
+        update_status(run_dir, phase=f"merge:{stage}", parts_done=p["parts_done"], parts_total=p["parts_total"])
+        bar.update(p["parts_done"], total=p["parts_total"], info=f"{p['parts_done']}/{p['parts_total']} parts")
+
+    done = split.merge_split(config, options, tasks, run_dir / "parts" / stage, out, progress=progress)
+    if done["reused"]:
+        console.echo(f"{len(done['reused'])} of {done['parts']} parts reused from an earlier try, "
+                     f"{len(done['ran'])} merged now")
 
 
 def _evaluate(cfg: DictConfig, plan: dict[str, Any], output: Path, run_dir: Path, tracker: Any) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -111,14 +111,19 @@ class _ProgressTqdm:
 
 
 def run_mergekit(config: dict[str, Any], out_dir: Path, options: dict[str, Any],
-                 progress: ProgressFn | None = None) -> None:
-    """Run one merge in-process into ``out_dir`` (a fresh folder; the caller makes it atomic)."""
+                 progress: ProgressFn | None = None, only_tensors: Collection[str] | None = None) -> None:
+    """Run one merge in-process into ``out_dir`` (a fresh folder; the caller makes it atomic).
+
+    ``only_tensors``: write only these output tensors (one part of a split merge, :mod:`hpc_merge.split`);
+    each is computed by the same planned task as in the whole merge.
+    """
     import mergekit.graph
     import mergekit.merge
     from mergekit.io.tasks import LoaderCache
 
     from hpc_merge.mergekit_adapter.archsupport import architecture_fixes
     from hpc_merge.mergekit_adapter.chunked import chunk_large_tensors
+    from hpc_merge.mergekit_adapter.tensorplan import restrict_plan
     from hpc_merge.mergekit_adapter.writer import stream_writes
 
     merge_config = validate_with_mergekit(config)
@@ -134,7 +139,7 @@ def run_mergekit(config: dict[str, Any], out_dir: Path, options: dict[str, Any],
         # exact-k O(n) trim and counter-based DARE masks unless sparsify: mergekit; for peak RSS: inputs read, not kept mapped,
         # the largest tensors merged in row chunks, each output tensor written as soon as it is merged
         trim = sparsify_mode(options)
-        with magnitude_trim(trim), counter_random(mk_options.random_seed, trim), pread_inputs(), \
+        with restrict_plan(only_tensors), magnitude_trim(trim), counter_random(mk_options.random_seed, trim), pread_inputs(), \
                 chunk_large_tensors(chunk_bytes, trim), stream_writes(), \
                 architecture_fixes():
             mergekit.merge.run_merge(merge_config, str(out_dir), options=mk_options)

@@ -93,6 +93,8 @@ def job(j: dict[str, Any], kind: str) -> None:
         at_least(opts["write_threads"], 1, "job.options.write_threads")
     if j.get("smoke") is not None:
         at_least(j["smoke"].get("max_new_tokens"), 1, "job.smoke.max_new_tokens")
+    if "tasks" in j:
+        at_least(j["tasks"], 1, "job.tasks")
 
 
 def cluster(c: dict[str, Any]) -> None:

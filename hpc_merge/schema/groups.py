@@ -69,6 +69,7 @@ class MergeJob:
     kind: str = "merge"
     dry_run: bool = False
     allow_pickle: bool = False  # pickle (.bin) input weights: refused unless true (hpc_merge/models/inputcheck.py)
+    tasks: int = 1  # split the merge by output tensor over this many processes (hpc_merge/split/)
     smoke: Smoke = field(default_factory=Smoke)
     options: MergeOptions = field(default_factory=MergeOptions)
 

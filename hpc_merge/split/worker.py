@@ -1,0 +1,25 @@
+"""``python -m hpc_merge.split.worker SPEC``: run one part of a split merge (a local process or a SLURM task).
+
+``SPEC`` is the JSON file :func:`hpc_merge.split.local.run_local` writes: the mergekit config, the
+options, the part and where the parts go. Exit 0 once the part's folder and record are in place.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from hpc_merge.split.part import run_part
+from hpc_merge.split.plan import Part
+
+
+def main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    part = Part(index=spec["index"], count=spec["count"], names=tuple(spec["names"]), read_bytes=spec["read_bytes"])
+    run_part(spec["config"], spec["options"], part, Path(spec["parts_root"]), spec["fingerprint"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
