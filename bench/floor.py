@@ -1,7 +1,7 @@
 """The floor: the least work a merge can do. ``python bench/floor.py RECIPE.yaml OUT_DIR``.
 
 Opens every input once with ``safe_open``, reads each tensor once, combines it with plain torch
-and writes the result with one ``save_file``; it copies config and tokenizer from the first
+and writes the result with one ``save_file`` (per shard of the first model, for sharded inputs); it copies config and tokenizer from the first
 model (base first). Only torch, safetensors and PyYAML are imported. It understands the subset
 of mergekit configs the benchmarks write (``models`` with scalar ``weight``/``density``):
 
@@ -15,9 +15,11 @@ of mergekit configs the benchmarks write (``models`` with scalar ``weight``/``de
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -110,22 +112,50 @@ def merge(recipe: dict, out_dir: Path) -> None:
         paths = [Path(recipe["base_model"]), *paths]
     elif method != "linear":
         raise SystemExit(f"floor: unsupported method {method}")
-    handles = [safe_open(str(p / "model.safetensors"), framework="pt") for p in paths]
+    handles = [_open(p) for p in paths]
     weights = [float(e["parameters"]["weight"]) for e in entries]
-    out: dict[str, torch.Tensor] = {}
-    for name in handles[0].keys():
-        tensors = [h.get_tensor(name).to(dtype) for h in handles]
-        if method == "linear":
-            out[name] = linear(tensors, weights, normalize)
-        else:
-            densities = [float(e["parameters"].get("density", 1.0)) for e in entries]
-            out[name] = ties(tensors[0], tensors[1:], weights, densities, normalize)
-        del tensors
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    shards = _shards(paths[0])
+    weight_map = {}
+    for file, names in shards:  # one output file per shard of the first model: at most one shard in RAM
+        out: dict[str, torch.Tensor] = {}
+        for name in names:
+            tensors = [h[name].get_tensor(name).to(dtype) for h in handles]
+            if method == "linear":
+                out[name] = linear(tensors, weights, normalize)
+            else:
+                densities = [float(e["parameters"].get("density", 1.0)) for e in entries]
+                out[name] = ties(tensors[0], tensors[1:], weights, densities, normalize)
+            del tensors
+            weight_map[name] = file
+        save_file(out, str(out_dir / file), metadata={"format": "pt"})
+        del out
+    if len(shards) > 1:
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     for f in COPY:
         if (paths[0] / f).exists():
             shutil.copy2(paths[0] / f, out_dir / f)
+
+
+def _shards(model: Path) -> list[tuple[str, list[str]]]:
+    """``(file, tensor names)`` of each weight file of ``model`` (one, or the shards of its index)."""
+    index = model / "model.safetensors.index.json"
+    if not index.exists():
+        with safe_open(str(model / "model.safetensors"), framework="pt") as h:
+            return [("model.safetensors", list(h.keys()))]
+    by_file: dict[str, list[str]] = {}
+    for name, file in json.loads(index.read_text())["weight_map"].items():
+        by_file.setdefault(file, []).append(name)
+    return sorted(by_file.items())
+
+
+def _open(model: Path) -> dict[str, Any]:
+    """Tensor name -> open ``safe_open`` handle of the file holding it."""
+    handles = {}
+    for file, names in _shards(model):
+        h = safe_open(str(model / file), framework="pt")
+        handles.update(dict.fromkeys(names, h))
+    return handles
 
 
 def main(argv: list[str]) -> None:

@@ -39,12 +39,14 @@ class Shape:
     layers: int
     heads: int
     kv_heads: int
+    tied: bool = True  # tied input/output embeddings (0.5B) or a separate lm_head (7B)
+    shard_gb: float = 0.0  # > 0: written in shards of about this size with an index, as the Hub ships them
 
     def params(self) -> int:
         """Parameter count (tied embeddings counted once; q/k/v biases as in Qwen2)."""
         h, kvd = self.hidden, self.hidden // self.heads * self.kv_heads
         layer = h * h + h + 2 * (h * kvd + kvd) + h * h + 3 * h * self.intermediate + 2 * h
-        return self.vocab * h + self.layers * layer + h
+        return self.vocab * h * (1 if self.tied else 2) + self.layers * layer + h
 
     def gbytes(self) -> float:
         """Size of one bf16 checkpoint in GB (1e9 bytes)."""
@@ -60,6 +62,10 @@ QUICK_L = Shape("54M", 16384, 512, 2048, 12, 8, 2)
 QUICK_M = Shape("24M", 16384, 384, 1536, 8, 6, 2)
 QUICK_S = Shape("8M", 16384, 256, 1024, 4, 4, 2)
 QUICK_XS = Shape("3M", 8192, 128, 512, 4, 2, 1)
+#: Qwen2.5-7B's shapes (7.6B parameters, untied lm_head), 4 shards of ≤ 4 GB like the Hub's checkpoint.
+QWEN7B = Shape("7B", 152064, 3584, 18944, 28, 28, 4, tied=False, shard_gb=4.0)
+#: the 7B bench's --quick stand-in: the same layout (untied, sharded) at 24M.
+QUICK_SHARDED = Shape("24M-sharded", 16384, 384, 1536, 8, 6, 2, tied=False, shard_gb=0.02)
 
 #: Names of the models built per shape: a base and fine-tunes (seeded perturbations of it).
 NAMES = ("base", "ft1", "ft2", "ft3", "ft4")
@@ -68,7 +74,24 @@ KINDS = ("dense", "bf16ft")
 
 
 def _key(shape: Shape) -> str:
-    return hashlib.sha256(json.dumps([_VERSION, asdict(shape)]).encode()).hexdigest()[:10]
+    fields = asdict(shape)
+    if shape.tied and not shape.shard_gb:  # the original fields only: cached single-file models keep their key
+        fields.pop("tied")
+        fields.pop("shard_gb")
+    return hashlib.sha256(json.dumps([_VERSION, fields]).encode()).hexdigest()[:10]
+
+
+def weight_files(model: Path) -> list[Path]:
+    """The model's safetensors files (one, or the shards its index lists), in order."""
+    index = model / "model.safetensors.index.json"
+    if index.exists():
+        return [model / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return [model / "model.safetensors"]
+
+
+def model_bytes(model: Path) -> int:
+    """Bytes of weights on disk."""
+    return sum(f.stat().st_size for f in weight_files(model))
 
 
 def model_dir(shape: Shape, name: str, kind: str = "dense") -> Path:
@@ -93,7 +116,7 @@ def _config(shape: Shape):
     cfg = tiny_config("qwen2", vocab_size=shape.vocab, layers=shape.layers, hidden=shape.hidden,
                       intermediate=shape.intermediate, heads=shape.heads, kv_heads=shape.kv_heads)
     cfg.architectures = ["Qwen2ForCausalLM"]  # mergekit picks its architecture table by this
-    cfg.tie_word_embeddings = True
+    cfg.tie_word_embeddings = shape.tied
     cfg.max_position_embeddings = 32768
     cfg.dtype = "bfloat16"
     return cfg
@@ -112,19 +135,51 @@ def _tokenizer_files() -> Path:
     return out
 
 
+class _BaseReader:
+    """The base model's tensors by name, single file or sharded (for building fine-tunes from it)."""
+
+    def __init__(self, model: Path):
+        from safetensors import safe_open
+
+        self.files = {}
+        for f in weight_files(model):
+            handle = safe_open(str(f), framework="pt")
+            for name in handle.keys():
+                self.files[name] = handle
+
+    def get_tensor(self, name: str):
+        return self.files[name].get_tensor(name)
+
+
 def _write_model(shape: Shape, name: str, out: Path, kind: str = "dense") -> None:
     import torch
     from safetensors.torch import save_file
 
     seed = NAMES.index(name)
     gen = torch.Generator().manual_seed(1000 + seed + (100 if kind == "bf16ft" else 0))
-    base = None
-    if name != "base":
-        from safetensors import safe_open
+    base = _BaseReader(ensure_model(shape, "base")) if name != "base" else None
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    specs = _tensor_specs(shape)
+    shard_bytes = int(shape.shard_gb * 1e9)
+    shards: list[list[str]] = [[]]
+    tensors: dict = {}
+    weight_map: dict[str, str] = {}
+    size = 0
 
-        base = safe_open(str(ensure_model(shape, "base") / "model.safetensors"), framework="pt")
-    tensors = {}
-    for tname, tshape in _tensor_specs(shape):
+    def flush(last: bool) -> None:
+        nonlocal tensors, size
+        index = len(shards)
+        file = "model.safetensors" if not shard_bytes else f"model-{index:05d}-of-NNNNN.safetensors"
+        save_file(tensors, str(tmp / file), metadata={"format": "pt"})
+        for tname in tensors:
+            weight_map[tname] = file
+        tensors, size = {}, 0
+        if not last:
+            shards.append([])
+
+    for tname, tshape in specs:
         if tname.endswith("norm.weight"):
             t = torch.ones(tshape, dtype=torch.bfloat16)
             if base is not None:
@@ -137,11 +192,23 @@ def _write_model(shape: Shape, name: str, out: Path, kind: str = "dense") -> Non
             del b
         else:  # a fine-tune: base + dense, seeded task vector
             t = base.get_tensor(tname) + 0.002 * torch.randn(tshape, generator=gen, dtype=torch.bfloat16)
+        nbytes = t.numel() * t.element_size()
+        if shard_bytes and tensors and size + nbytes > shard_bytes:
+            flush(last=False)
         tensors[tname] = t.contiguous()
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        shards[-1].append(tname)
+        size += nbytes
+    flush(last=True)
+    if shard_bytes:  # the Hub's names: model-00001-of-00004.safetensors and an index
+        total = len(shards)
+        renamed = {}
+        for i in range(1, total + 1):
+            old_name, new_name = f"model-{i:05d}-of-NNNNN.safetensors", f"model-{i:05d}-of-{total:05d}.safetensors"
+            os.replace(tmp / old_name, tmp / new_name)
+            renamed[old_name] = new_name
+        index = {"metadata": {"total_size": sum((tmp / f).stat().st_size for f in renamed.values())},
+                 "weight_map": {k: renamed[v] for k, v in weight_map.items()}}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     _config(shape).save_pretrained(str(tmp))
     for f in _tokenizer_files().iterdir():
         shutil.copy2(f, tmp / f.name)
@@ -154,7 +221,8 @@ def ensure_model(shape: Shape, name: str, kind: str = "dense") -> Path:
     if kind not in KINDS:
         raise ValueError(f"unknown input kind {kind!r}; use one of {KINDS}")
     out = model_dir(shape, name, kind)
-    if not (out / "model.safetensors").exists():
+    done = out / ("model.safetensors.index.json" if shape.shard_gb else "model.safetensors")
+    if not done.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         _write_model(shape, name, out, kind)
     return out

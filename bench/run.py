@@ -4,6 +4,7 @@
     python bench/run.py                    # the sizes (three 0.5B models; ≥ 50 min on this loaded machine)
     python bench/run.py --only merge,memory --reps 5
     python bench/run.py --only methods     # all 20 methods, both input kinds (see bench/methods.py)
+    python bench/run.py --only scale7b     # 3 × Qwen2.5-7B-shaped models, out of core (see bench/scale7b.py)
 
 Tables go to stdout and to ``bench/results/latest.md`` (full) or ``bench/results/quick.md``
 (``--quick``), with the machine's load before and after, because this machine is shared and
@@ -26,9 +27,10 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable from
 from bench.context import Context  # noqa: E402
 from bench.proc import load_average  # noqa: E402
 
-BENCHMARKS = ("merge", "overhead", "memory", "evolution", "scaling", "gpu", "methods")
+BENCHMARKS = ("merge", "overhead", "memory", "evolution", "scaling", "gpu", "methods", "scale7b")
 MODULES = {"merge": "merge_floor", "overhead": "overhead", "memory": "memory", "evolution": "evolution",
-           "scaling": "scaling", "gpu": "gpu", "methods": "methods"}
+           "scaling": "scaling", "gpu": "gpu", "methods": "methods", "scale7b": "scale7b"}
+DEFAULT = BENCHMARKS[:-2]  # methods (80 merges) and scale7b (46 GB of inputs) run only when named
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -51,7 +53,7 @@ def header(args: argparse.Namespace, started: str, load_before: str, load_after:
         "machine was shared with other work and timings are noisy; ratios from interleaved runs hold up "
         "better than absolute seconds",
         f"- command: `python bench/run.py{' --quick' if args.quick else ''}"
-        f"{' --only ' + ','.join(args.only) if args.only != list(BENCHMARKS) else ''}`; {args.reps} repetitions; "
+        f"{' --only ' + ','.join(args.only) if args.only != list(DEFAULT) else ''}`; {args.reps} repetitions; "
         f"took {wall / 60:.1f} min", "",
     ])
 
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes: everything in ≤ 10 minutes here")
     ap.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-                    default=list(BENCHMARKS), help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
+                    default=list(DEFAULT), help=f"comma-separated subset of {', '.join(BENCHMARKS)} "
+                    f"(default: {', '.join(DEFAULT)})")
     ap.add_argument("--reps", type=int, default=3, help="repetitions per timed command (median reported)")
     ap.add_argument("--out", type=Path, default=None, help="markdown file (default bench/results/latest.md "
                     "or quick.md)")
