@@ -48,11 +48,10 @@ def _write_results() -> Any:
     """After the module: every recorded outcome to the JSON the README table is rendered from."""
     yield
     if RESULTS:
-        import mergekit
-        import transformers
+        from importlib.metadata import version
 
         OUT.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"mergekit": getattr(mergekit, "__version__", "0.1.5"), "transformers": transformers.__version__,
+        doc = {"mergekit": version("mergekit"), "transformers": version("transformers"),
                "cells": {a: RESULTS[a] for a in SUPPORT if a in RESULTS}}
         OUT.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
 
