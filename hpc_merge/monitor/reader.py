@@ -207,6 +207,8 @@ def classify(status: dict[str, Any], result: dict[str, Any], slurm_state: str | 
     if has_slurm and slurm_state:
         if slurm_state in slurmq.WAITING:
             return "pending", f"SLURM: {slurm_state}"
+        if slurm_state == slurmq.GONE and written in ("pending", "submitted"):  # never started
+            return "cancelled", "SLURM: left the queue before it started (cancelled)"
         if slurm_state in slurmq.ENDED or slurm_state == slurmq.GONE:
             what = "left the queue" if slurm_state == slurmq.GONE else f"ended {slurm_state}"
             return "dead", f"SLURM job {what} without a final status"

@@ -88,7 +88,8 @@ def query_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     squeue comes first: it is slurmctld's live view, while accounting lags by seconds (slurmdbd
     is fed asynchronously). Jobs squeue no longer knows (ended more than ``MinJobAge`` ago) are
     looked up in sacct; jobs neither knows are left out, or marked :data:`GONE` when squeue
-    answered but accounting is unavailable.
+    answered but accounting is unavailable, or when they are array tasks that left their array
+    without a record (see :func:`resolve_missing`).
     """
     ids = sorted({str(j) for j in job_ids if str(j).strip()})
     if not ids:
@@ -101,10 +102,26 @@ def query_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     acct = _sacct(missing)
     if acct is None and live is None:
         return None
+    return {**states, **resolve_missing(missing, live, acct)}
+
+
+def resolve_missing(missing: list[str], live: dict[str, str] | None, acct: dict[str, str] | None) -> dict[str, str]:
+    """States of the jobs squeue did not list, from accounting (``acct``; ``None``: unavailable).
+
+    An array task cancelled while its array still held it packed as pending (``12_[3-9]``)
+    leaves the array without any record of its own, in squeue or sacct (SLURM 22.05): once the
+    array is known and no packed part is left that could hold the task, it is :data:`GONE`.
+    """
+    out: dict[str, str] = {}
+    known = {**(live or {}), **(acct or {})}
     for job_id in missing:
         state = (acct or {}).get(job_id) or _array_fallback(job_id, acct or {})
+        base, sep, _ = job_id.partition("_")
         if state:
-            states[job_id] = state
+            out[job_id] = state
         elif acct is None:
-            states[job_id] = GONE
-    return states
+            out[job_id] = GONE
+        elif sep and live is not None and any(k.partition("_")[0] == base for k in known) \
+                and not any(k.startswith(f"{base}_[") for k in known):
+            out[job_id] = GONE
+    return out

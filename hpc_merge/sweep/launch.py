@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
@@ -29,7 +29,7 @@ from hpc_merge.rundir import reusable_result
 from hpc_merge.status import update_status
 from hpc_merge.sweep import sweepfile
 from hpc_merge.sweep.metrics import default_metric
-from hpc_merge.sweep.points import Point, cluster_of, compose_points, swept_keys
+from hpc_merge.sweep.points import Point, clashing_outputs, cluster_of, compose_points, swept_keys
 from hpc_merge.sweep.table import Display
 from hpc_merge.sweep.task import SweepTask
 from hpc_merge.tracking import GROUP_ENV
@@ -43,24 +43,16 @@ def launch(config: DictConfig, loader: Any, job_overrides: list[list[str]], firs
     """Run one batch of sweep points; exits 2 on an invalid point, 1 when a point it waited for failed."""
     points = compose_points(config, loader, job_overrides, first_index)
     keys = swept_keys(points)
-    bad = [p for p in points if p.error is not None]
+    bad = [(p, str(p.error)) for p in points if p.error is not None] or clashing_outputs(points)
     if bad:
-        for p in bad:
-            print(f"error: point {p.index} ({p.label(keys)}): {p.error}", file=sys.stderr)
-        _drop_hydra_sweep_dir(config)
-        sys.exit(ConfigError.exit_code)
+        _refuse(config, [f"point {p.index} ({p.label(keys)}): {problem}" for p, problem in bad])
     where = {str(cluster_of(p).get("kind", "local")) for p in points}
     if len(where) > 1:
-        print("error: cluster: some points run locally and some on SLURM — fix: sweep one cluster at a time",
-              file=sys.stderr)
-        _drop_hydra_sweep_dir(config)
-        sys.exit(ConfigError.exit_code)
+        _refuse(config, ["cluster: some points run locally and some on SLURM — fix: sweep one cluster at a time"])
     chosen = options.get("sweep_dir")
     if chosen and Path(str(chosen)).expanduser().exists() and any(Path(str(chosen)).expanduser().iterdir()):
-        print(f"error: hydra.launcher.sweep_dir: {chosen} exists and is not empty — fix: give a new folder "
-              "(or leave it unset: logs/sweeps/<date>_<time>-<name>)", file=sys.stderr)
-        _drop_hydra_sweep_dir(config)
-        sys.exit(ConfigError.exit_code)
+        _refuse(config, [f"hydra.launcher.sweep_dir: {chosen} exists and is not empty — fix: give a new folder "
+                         "(or leave it unset: logs/sweeps/<date>_<time>-<name>)"])
     if any(p.cfg is not None and p.cfg.job.get("dry_run") for p in points):
         _dry_run(points, keys)
         return _returns(points, config, {})
@@ -83,6 +75,14 @@ def launch(config: DictConfig, loader: Any, job_overrides: list[list[str]], firs
             final = _watch(sweep_dir, interval)  # points another process was already running
     _finish(sweep_dir, final)
     return _returns(points, config, final)
+
+
+def _refuse(config: DictConfig, problems: list[str]) -> NoReturn:
+    """``error: ...`` per problem, no folder left behind, exit 2 (nothing was written or submitted)."""
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    _drop_hydra_sweep_dir(config)
+    sys.exit(ConfigError.exit_code)
 
 
 def _drop_hydra_sweep_dir(config: DictConfig) -> None:
@@ -292,13 +292,19 @@ def _watch(sweep_dir: Path, interval: float) -> dict[str, Any]:
 
     data = sweepfile.read_sweep(sweep_dir)
     reader = Reader([p["run_dir"] for p in data["points"]], slurm_every=interval)
-    with Display(f"sweep {data['sweep_id']}") as show:
-        while True:
-            data = sweepfile.refresh(sweep_dir, reader)
-            show.update(data)
-            if all(p.get("state") in sweepfile.ENDED for p in data["points"]):
-                return data
-            time.sleep(interval)
+    try:
+        with Display(f"sweep {data['sweep_id']}") as show:
+            while True:
+                data = sweepfile.refresh(sweep_dir, reader)
+                show.update(data)
+                if all(p.get("state") in sweepfile.ENDED for p in data["points"]):
+                    return data
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        arrays = " ".join(a["job_id"] for a in data.get("arrays") or [])
+        print(f"stopped waiting; the sweep goes on. Watch it: hpc-merge monitor {sweep_dir}"
+              + (f"; cancel it: scancel {arrays}" if arrays else ""), file=sys.stderr)
+        sys.exit(130)
 
 
 def _finish(sweep_dir: Path, data: dict[str, Any]) -> None:

@@ -99,6 +99,23 @@ def compose_points(config: DictConfig, loader: Any, job_overrides: list[list[str
     return [compose_point(config, loader, first_index + i, o) for i, o in enumerate(job_overrides)]
 
 
+def clashing_outputs(points: list[Point]) -> list[tuple[Point, str]]:
+    """Points that would write their model where an earlier, different point writes its own
+    (an explicit ``output=DIR`` shared by the sweep): one of them would fail at the end, or
+    worse, both would race for the folder."""
+    first: dict[str, Point] = {}
+    clashes = []
+    for p in points:
+        if p.cfg is None or not p.cfg.get("output"):
+            continue
+        out = str(Path(str(p.cfg.output)).expanduser().resolve())
+        other = first.setdefault(out, p)
+        if other is not p and other.run_dir != p.run_dir:
+            clashes.append((p, f"output: {out} is also point {other.index}'s output — fix: leave output unset "
+                               "(each point writes into its own run dir) or vary it with the sweep"))
+    return clashes
+
+
 def cluster_of(point: Point) -> dict[str, Any]:
     """The point's cluster profile as a plain dict (``{"kind": "local"}`` when it has none)."""
     assert point.cfg is not None

@@ -34,6 +34,19 @@ def test_swept_keys_are_the_overrides_that_vary() -> None:
     assert split_override("+merge.z=0.5") == ("merge.z", 0.5) and split_override("merge=ties") == ("merge", "ties")
 
 
+def test_points_writing_one_output_folder_are_refused(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from hpc_merge.sweep.points import clashing_outputs
+
+    def point(i: int, output: str | None) -> Point:
+        return Point(i, [f"x={i}"], cfg=OmegaConf.create({"output": output}), run_dir=tmp_path / f"r{i}")
+
+    [(p, problem)] = clashing_outputs([point(0, str(tmp_path / "out")), point(1, None), point(2, str(tmp_path / "out"))])
+    assert p.index == 2 and problem.startswith(f"output: {tmp_path / 'out'} is also point 0's output — fix: ")
+    assert clashing_outputs([point(0, str(tmp_path / "a")), point(1, str(tmp_path / "b"))]) == []
+
+
 def test_metrics_of_each_job_kind_and_which_is_key() -> None:
     merge = {"status": "ok", "metrics": {"perplexity": 12.5, "n_params": 10, "samples": [1],
                                          "report": [{"role": "merged", "accuracy": 0.5}, {"role": "merged", "accuracy": 1.0},
@@ -156,3 +169,20 @@ def test_both_launchers_compose(launcher: str) -> None:
     cfg = compose([f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.rsplit(".", 1)[-1] == {"hpc_merge": "HpcMergeLauncher",
                                                               "submitit_slurm": "SlurmLauncher"}[launcher]
+
+
+def test_an_array_task_cancelled_while_packed_is_gone_and_reads_cancelled() -> None:
+    """SLURM keeps no record of an array task cancelled while still packed in ``12_[1-3]``."""
+    from hpc_merge.monitor.reader import classify
+    from hpc_merge.monitor.slurmq import GONE, parse_sacct, resolve_missing
+
+    acct = parse_sacct("12_0|COMPLETED\n")
+    assert resolve_missing(["12_1"], {}, acct) == {"12_1": GONE}
+    packed = parse_sacct("12_0|RUNNING\n12_[2-3]|PENDING\n")
+    assert resolve_missing(["12_2"], packed, {}) == {}  # still packed in the queue (read from there): not gone
+    assert resolve_missing(["12_1"], {}, parse_sacct("12_[1-3]|PENDING\n")) == {"12_1": "PENDING"}
+    assert resolve_missing(["13_0"], {}, acct) == {}  # an array SLURM does not know yet: no verdict
+    assert resolve_missing(["12_1"], None, {}) == {}  # squeue unreachable: no verdict
+    state, reason = classify({"state": "pending"}, {}, GONE, True, now=0.0, stale_after=60, host="h")
+    assert state == "cancelled" and "before it started" in reason
+    assert classify({"state": "running"}, {}, GONE, True, now=0.0, stale_after=60, host="h")[0] == "dead"
