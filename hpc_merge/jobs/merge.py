@@ -248,6 +248,33 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
             "stages": {k: str(v) for k, v in stage_out.items()}}
 
 
+def submit_split_parts(cfg: DictConfig, cluster: dict[str, Any], run_dir: Path) -> None:
+    """``cluster=slurm*`` with ``job.tasks > 1``: the parts of each stage whose inputs exist now run
+    as one SLURM job array, before the merge job (which then finds them and only assembles).
+
+    The recipe, paths and options are worked out as :func:`validate` and :func:`run` do, so the
+    parts' fingerprints are those the merge job checks.
+    """
+    from hpc_merge import split
+    from hpc_merge.split.slurm import run_array
+
+    tasks = int(cfg.job.get("tasks") or 1)
+    recipe = OmegaConf.to_container(cfg.merge, resolve=True)
+    opts = OmegaConf.to_container(cfg.job.options, resolve=True)
+    plan = {"options": opts, "gpu_options": gpu_options_of(cfg, opts)}
+    options = effective_options(plan, has_cuda=bool(cluster.get("gpus_per_node")))
+    stages = stages_of(recipe)
+    for name, st, field in stages:
+        refs = mk.model_refs(st)
+        if any(ref == other for _sub, ref in refs for other, _st, _f in stages):
+            continue  # reads an earlier stage's output: split inside the merge job
+        paths = {ref: str(resolve_model(ref, f"{field}.{sub}")) for sub, ref in refs}
+        config = mk.to_mergekit(st, paths)
+        parts = split.plan_parts(config, options, tasks)
+        run_array(config, options, parts, run_dir / "parts" / name, cluster, run_dir / "slurm" / f"parts-{name}",
+                  f"merge-parts-{cfg.get('name') or run_dir.name}")
+
+
 def _merge_split(config: dict[str, Any], options: dict[str, Any], tasks: int, run_dir: Path, stage: str,
                  out: Path, bar: console.Task) -> None:
     """One stage as ``tasks`` parts (finished parts of an earlier try reused), assembled into ``out``."""
@@ -259,8 +286,8 @@ def _merge_split(config: dict[str, Any], options: dict[str, Any], tasks: int, ru
 
     done = split.merge_split(config, options, tasks, run_dir / "parts" / stage, out, progress=progress)
     if done["reused"]:
-        console.echo(f"{len(done['reused'])} of {done['parts']} parts reused from an earlier try, "
-                     f"{len(done['ran'])} merged now")
+        console.echo(f"{len(done['reused'])} of {done['parts']} parts already recorded (an earlier try, or the "
+                     f"SLURM job array), {len(done['ran'])} merged now")
 
 
 def _evaluate(cfg: DictConfig, plan: dict[str, Any], output: Path, run_dir: Path, tracker: Any) -> list[dict]:

@@ -28,6 +28,10 @@ def launch(kind: str, cfg: DictConfig, run_dir: Path,
         raise ConfigError("cluster.kind", f"unknown cluster kind {cluster['kind']!r}", "use local or slurm")
     from hpc_merge.launch import slurm
 
+    if kind == "merge" and int(cfg.job.get("tasks") or 1) > 1:  # the parts first, as one job array
+        from hpc_merge.jobs.merge import submit_split_parts
+
+        submit_split_parts(cfg, cluster, run_dir)
     job = slurm.submit_job(cluster, run_dir, kind, data)
     if on_submit is not None:
         on_submit(str(job.job_id))

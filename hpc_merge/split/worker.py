@@ -9,15 +9,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from hpc_merge.split.part import run_part
 from hpc_merge.split.plan import Part
 
 
-def main(spec_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
+def run_spec(spec: dict[str, Any]) -> str:
+    """Run the part a spec describes (also the callable of a SLURM array element); its folder."""
     part = Part(index=spec["index"], count=spec["count"], names=tuple(spec["names"]), read_bytes=spec["read_bytes"])
-    run_part(spec["config"], spec["options"], part, Path(spec["parts_root"]), spec["fingerprint"])
+    return str(run_part(spec["config"], spec["options"], part, Path(spec["parts_root"]), spec["fingerprint"]))
+
+
+def main(spec_path: str) -> int:
+    run_spec(json.loads(Path(spec_path).read_text()))
     return 0
 
 

@@ -1,0 +1,57 @@
+"""``job.tasks=3`` on the local SLURM cluster: the parts run as one job array of three elements,
+the merge job assembles them, and the model equals the one merged by ``job.tasks=1``."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import run_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.slurm]
+
+BASE = ["merge=dare_ties", "models=tiny", "logger=none", "job.smoke.enabled=false", "cluster=slurm",
+        "cluster.cpus_per_task=1", "cluster.mem_gb=2", "cluster.timeout_min=10"]
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(shard))
+    return out
+
+
+def test_tasks_3_is_a_job_array_equal_to_tasks_1(slurm_cluster, tiny_pool, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    outs = {}
+    for n in (1, 3):
+        proc = run_cli(*BASE, f"job.tasks={n}", f"output={tmp_path / f'out{n}'}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        outs[n] = proc.stdout
+    assert "job array" not in outs[1]
+    array = re.search(r"submitted SLURM job array (\d+) \(3 of 3 parts\)", outs[3])
+    assert array, outs[3][-3000:]
+    assert "3 of 3 parts already recorded" in outs[3]  # the merge job only assembled
+    deadline = time.time() + 60  # slurmdbd records the end of each element shortly after it ends
+    while True:
+        sacct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", array[1]],
+                               capture_output=True, text=True).stdout
+        if sacct.count("COMPLETED") == 3 or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert sorted(line.split("|")[0] for line in sacct.split()) == [f"{array[1]}_{i}" for i in range(3)], sacct
+    assert sacct.count("COMPLETED") == 3, sacct
+    one, three = _tensors(tmp_path / "out1"), _tensors(tmp_path / "out3")
+    assert one.keys() == three.keys()
+    for name, tensor in one.items():
+        assert torch.equal(tensor, three[name]), name
+    assert len(list((tmp_path / "out3").glob("*.safetensors"))) == 3
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out3")
+    assert sum(p.numel() for p in model.parameters()) > 0
