@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,10 +30,13 @@ SLURM = ["cluster=slurm", "cluster.cpus_per_task=1", "cluster.mem_gb=2", "cluste
 EPSILON = "merge.models.0.parameters.epsilon=0.05,0.1,0.2"
 
 
-def _sacct_ids() -> set[str]:
-    out = subprocess.run(["sacct", "-a", "-n", "-X", "-P", "-o", "JobID", "-S", "2000-01-01"],
+def _sacct_ids(workdir: Path) -> set[str]:
+    """Every job SLURM accounting knows that was submitted from ``workdir`` (other users of the
+    cluster, such as parallel test sessions, submit from elsewhere)."""
+    out = subprocess.run(["sacct", "-a", "-n", "-X", "-P", "-o", "JobID,WorkDir", "-S", "2000-01-01"],
                          capture_output=True, text=True, timeout=60, check=True).stdout
-    return {line.strip() for line in out.splitlines() if line.strip()}
+    rows = [line.split("|", 1) for line in out.splitlines() if "|" in line]
+    return {job.strip() for job, where in rows if Path(where.strip()) == workdir}
 
 
 def _array_tasks(array_id: str) -> list[str]:
@@ -49,7 +53,7 @@ def test_sweep_validates_all_points_skips_done_ones_and_submits_one_array(slurm_
                    "merge.models.0.parameters.epsilon=0.05,0.1", cwd=tmp_path)  # cluster=local: 2 points
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     folders_before = set(logs.glob("*/*/*"))  # run dirs, sweep folders, Hydra's multirun folders
-    jobs_before = _sacct_ids()
+    jobs_before = _sacct_ids(tmp_path)
 
     bad = run_cli("-m", *BASE, *SLURM, "merge.models.0.parameters.density=0.3,0.5,0.7,0.85", EPSILON, cwd=tmp_path)
     assert bad.returncode == 2, bad.stdout[-3000:] + bad.stderr[-3000:]
@@ -57,7 +61,7 @@ def test_sweep_validates_all_points_skips_done_ones_and_submits_one_array(slurm_
     assert len(errors) == 1, bad.stderr[-3000:]
     assert "density=0.85" in errors[0] and "epsilon=0.2" in errors[0] and "fix:" in errors[0]
     assert "Traceback" not in bad.stderr
-    assert _sacct_ids() == jobs_before  # nothing was submitted
+    assert _sacct_ids(tmp_path) == jobs_before  # nothing was submitted
     assert set(logs.glob("*/*/*")) == folders_before  # no folder either
 
     t0 = time.monotonic()
@@ -89,7 +93,8 @@ def test_sweep_validates_all_points_skips_done_ones_and_submits_one_array(slurm_
         time.sleep(1)
     tasks = _array_tasks(array_id)
     assert tasks.count("COMPLETED") == 10, tasks  # one array of ten tasks ...
-    assert all(j.startswith(f"{array_id}_") for j in _sacct_ids() - jobs_before)  # ... and nothing else
+    new = _sacct_ids(tmp_path) - jobs_before
+    assert new and all(j.startswith(f"{array_id}_") for j in new), new  # ... and nothing else
 
     report = run_cli("sweep-report", str(sweep_dir), cwd=tmp_path)
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
@@ -104,3 +109,32 @@ def test_sweep_validates_all_points_skips_done_ones_and_submits_one_array(slurm_
 
     monitor = run_cli("monitor", "--once", "--lines", "0", str(logs), cwd=tmp_path)
     assert f"── sweep {sweep_dir.name}: 12 runs" in monitor.stdout, monitor.stdout
+
+
+def test_waiting_shows_each_point_and_exits_1_naming_the_point_that_did_not_finish(slurm_cluster, tiny_pool,
+                                                                                   tmp_path: Path) -> None:
+    """``hydra.launcher.wait=true``: the command follows the array; a task cancelled while it waits
+    (one task at a time: the second is still pending when cancelled) makes it exit 1 naming it."""
+    args = ["-m", "models=tiny", "logger=none", "name=waited", "job.smoke.prompts=[hi]", "job.smoke.max_new_tokens=1",
+            *SLURM, "cluster.array_parallelism=1", "hydra.launcher.wait=true", "hydra.launcher.interval_s=1",
+            "merge.models.0.parameters.weight=0.3,0.7"]
+    proc = subprocess.Popen([sys.executable, "-m", "hpc_merge", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in proc.stdout:  # the event: the array is submitted
+            seen.append(line)
+            if line.startswith("submitted SLURM job array "):
+                array_id = line.split()[4].rstrip(":")
+                subprocess.run(["scancel", f"{array_id}_1"], check=True, timeout=60)
+                break
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    out = "".join(seen) + out
+    assert proc.returncode == 1, out[-3000:] + err[-3000:]
+    assert "[sweep] #0 merge.models.0.parameters.weight=0.3: ok perplexity=" in out
+    assert "[sweep] #1 merge.models.0.parameters.weight=0.7: cancelled" in out
+    assert "2 points (1 ok, 1 cancelled), best first by perplexity" in out  # the report, after the table
+    assert "point 1 (merge.models.0.parameters.weight=0.7): cancelled: SLURM: " in err
+    assert err.strip().splitlines()[-1] == "1 of 2 points did not succeed"
