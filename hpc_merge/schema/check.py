@@ -69,7 +69,7 @@ def check(cfg: DictConfig) -> dict[str, Any]:
                               f"use one of: {', '.join(ROOT_KEYS)}")
     job = data.get("job")
     kind = job.get("kind") if isinstance(job, dict) else None
-    if kind not in JOBS:
+    if not isinstance(kind, str) or kind not in JOBS:
         raise ConfigError("job.kind", f"unknown job kind {kind!r}{did_you_mean(str(kind), JOBS)}",
                           f"use one of {', '.join(JOBS)} (e.g. job=merge)")
     out = {"job": typed(JOBS[kind], job, "job")}
