@@ -46,12 +46,12 @@ def mergekit_expert(spec: ExpertSpec, residual_factor: float = 1.0):
 
     ``residual_factor`` multiplies ``residual_scale`` (used for the always-on shared expert).
     """
-    from mergekit.moe.config import Expert
+    from hpc_merge.mergekit_adapter.moe import expert
 
     scale = spec.residual_scale
     if residual_factor != 1.0:
         scale = (scale if scale is not None else 1.0) * residual_factor
-    return Expert(source_model=spec.path, positive_prompts=list(spec.positive_prompts) or None,
+    return expert(spec.path, positive_prompts=list(spec.positive_prompts) or None,
                   negative_prompts=list(spec.negative_prompts) or None,
                   noise_scale=spec.noise_scale, residual_scale=scale)
 
@@ -74,8 +74,8 @@ def gate_vectors(plan: MoePlan, device: str = "cpu", seed: int = 0) -> tuple[tor
     its output projection so it contributes with weight exactly 1).
     """
     import torch
-    from mergekit.common import ModelReference
-    from mergekit.moe.router import get_gate_params, warn_degenerate_gates
+
+    from hpc_merge.mergekit_adapter.moe import gate_params, warn_degenerate_gates
 
     torch.manual_seed(seed)  # random / uniform_random gates and noise_scale use the global RNG
     if plan.gate_mode == "hidden":
@@ -86,8 +86,7 @@ def gate_vectors(plan: MoePlan, device: str = "cpu", seed: int = 0) -> tuple[tor
         need += [mergekit_expert(e) for e in plan.shared_experts]
     tokenizer = prompt_tokenizer(plan.base_path) if plan.gate_mode in PROMPT_GATE_MODES else None
     mode = MERGEKIT_MODES.get(plan.gate_mode, plan.gate_mode)
-    vecs = get_gate_params(ModelReference.parse(plan.base_path), tokenizer, need, mode=mode,
-                           lazy_unpickle=False, trust_remote_code=False, device=device)
+    vecs = gate_params(plan.base_path, tokenizer, need, mode, device)
     vecs = vecs.float()
     if plan.gate_mode in PROMPT_GATE_MODES:
         warn_degenerate_gates(vecs)

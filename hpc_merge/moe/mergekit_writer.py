@@ -12,35 +12,20 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpc_merge.mergekit_adapter.moe import moe_config, output_architecture
 from hpc_merge.moe.gates import mergekit_expert
 from hpc_merge.moe.recipe import MoePlan, read_config
 
 if TYPE_CHECKING:
     import torch
-    from mergekit.options import MergeOptions
 
-ARCH_CLASSES = {"mixtral": "MixtralMoE", "qwen2_moe": "QwenMoE", "qwen3_moe": "Qwen3MoE"}
-
+    from hpc_merge.mergekit_adapter.moe import MergeOptions
 
 def mergekit_config(plan: MoePlan):
     """The plan as a ``MoEMergeConfig``; an always-on shared expert's output is doubled (see gates)."""
-    from mergekit.moe.config import MoEMergeConfig
-
     factor = 2.0 if plan.shared_expert_gate == "always_on" else 1.0
-    return MoEMergeConfig(base_model=plan.base_path, experts=[mergekit_expert(e) for e in plan.experts],
-                          gate_mode=plan.gate_mode, dtype=plan.dtype, experts_per_token=plan.experts_per_token,
-                          shared_experts=[mergekit_expert(e, factor) for e in plan.shared_experts] or None)
-
-
-def output_architecture(name: str):
-    """mergekit's output-architecture object for our output name."""
-    from mergekit.moe import ALL_OUTPUT_ARCHITECTURES
-
-    cls = ARCH_CLASSES[name]
-    for arch in ALL_OUTPUT_ARCHITECTURES:
-        if type(arch).__name__ == cls:
-            return arch
-    raise RuntimeError(f"mergekit {cls} output is not available in this mergekit version")
+    return moe_config(plan.base_path, [mergekit_expert(e) for e in plan.experts], plan.gate_mode, plan.dtype,
+                      plan.experts_per_token, [mergekit_expert(e, factor) for e in plan.shared_experts] or None)
 
 
 def carry_attention_window(out_dir: Path, plan: MoePlan) -> None:

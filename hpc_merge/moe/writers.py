@@ -25,15 +25,16 @@ from hpc_merge.moe.recipe import ExpertSpec, MoePlan, head_dim, read_config
 
 if TYPE_CHECKING:
     import torch
-    from mergekit.options import MergeOptions
+
+    from hpc_merge.mergekit_adapter.moe import MergeOptions
 
 _MLP = re.compile(r"^model\.layers\.(\d+)\.mlp\.")
 
 
 def _loader(path: str):
-    from mergekit.common import ModelReference
+    from hpc_merge.mergekit_adapter.moe import lazy_loader
 
-    return ModelReference.parse(path).lazy_loader(lazy_unpickle=False)
+    return lazy_loader(path)
 
 
 def _torch_dtype(plan: MoePlan, base: dict[str, Any]):
@@ -46,8 +47,8 @@ def _torch_dtype(plan: MoePlan, base: dict[str, Any]):
 def _expert_mlp(loader, layer: int, source_type: str, spec: ExpertSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """``(gate_up [2I, H], down [H, I])`` of one dense layer, with the expert's noise/residual scaling."""
     import torch
-    from mergekit.moe.common import noise_and_scale
-    from mergekit.moe.config import Expert
+
+    from hpc_merge.mergekit_adapter.moe import noise_and_scale
 
     pre = f"model.layers.{layer}.mlp"
     if source_type == "phi3":
@@ -55,8 +56,8 @@ def _expert_mlp(loader, layer: int, source_type: str, spec: ExpertSpec) -> tuple
     else:
         gate_up = torch.cat([loader.get_tensor(f"{pre}.gate_proj.weight"), loader.get_tensor(f"{pre}.up_proj.weight")])
     down = loader.get_tensor(f"{pre}.down_proj.weight")
-    mk = Expert(source_model=spec.path, noise_scale=spec.noise_scale, residual_scale=spec.residual_scale)
-    return noise_and_scale(gate_up, mk), noise_and_scale(down, mk, is_residual=True)
+    scale = (spec.path, spec.noise_scale, spec.residual_scale)
+    return noise_and_scale(gate_up, *scale), noise_and_scale(down, *scale, is_residual=True)
 
 
 def _split_qkv(name: str, qkv: torch.Tensor, base: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
@@ -118,7 +119,8 @@ def _qwen2_moe_config(base: dict[str, Any], plan: MoePlan) -> dict[str, Any]:
 def write_own(plan: MoePlan, out_dir: Path, options: MergeOptions, router: torch.Tensor) -> None:
     """Write config and weights for the plans mergekit cannot build (see the module docstring)."""
     import torch
-    from mergekit.io import TensorWriter
+
+    from hpc_merge.mergekit_adapter.moe import tensor_writer
 
     base = read_config(plan.base_path, "moe.base_model")
     dtype = _torch_dtype(plan, base)
@@ -136,8 +138,7 @@ def write_own(plan: MoePlan, out_dir: Path, options: MergeOptions, router: torch
     hidden, hd = base["hidden_size"], head_dim(base)
     base_loader = _loader(plan.base_path)
     loaders = {e.path: _loader(e.path) for e in plan.experts}
-    writer = TensorWriter(str(out_dir), max_shard_size=options.out_shard_size,
-                          safe_serialization=options.safe_serialization)
+    writer = tensor_writer(str(out_dir), options)
     names = sorted(base_loader.index.tensor_paths)
     for name in names:
         if _MLP.match(name):
