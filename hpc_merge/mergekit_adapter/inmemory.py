@@ -145,7 +145,11 @@ def merge_in_memory(config: dict[str, Any], sources: dict[str, Tensors], options
     opts = merge_options({k: v for k, v in options.items() if k != "sparsify"})
     if seed is not None:
         transformers.trainer_utils.set_seed(int(seed))
-    with magnitude_trim(trim), memory_loaders(merge_config, sources), cached_configs():
+    from hpc_merge.mergekit_adapter.random_sparsify import counter_random
+
+    # the same random draws as run_mergekit (counter-based, keyed by seed and tensor name), so memory == disk
+    draws = counter_random(int(seed) if seed is not None else opts.random_seed, trim)
+    with magnitude_trim(trim), draws, memory_loaders(merge_config, sources), cached_configs():
         arch = architecture_info(merge_config, opts)  # mergekit's table with our fixes (archsupport.py)
         out_cfg = _model_out_config(merge_config, arch, trust_remote_code=opts.trust_remote_code)
         planner = MergePlanner(merge_config, arch, options=opts, out_model_config=out_cfg)
