@@ -65,12 +65,16 @@ def launch(config: DictConfig, loader: Any, job_overrides: list[list[str]], firs
             print(f"  skipped #{p['index']} {p['label']}: {p['skipped']}  {p['run_dir']}")
     if where == {"slurm"}:
         _submit(todo, data, sweep_dir)
+        _release(todo)  # only locks not handed to a task: none, unless sbatch refused
         if not options.get("wait"):
             _print_submitted(sweep_dir)
             return _returns(points, config, sweepfile.read_sweep(sweep_dir))
         final = _watch(sweep_dir, interval)
     else:
-        final = _run_local(todo, data, int(options.get("workers") or 1), interval)
+        try:
+            final = _run_local(todo, data, int(options.get("workers") or 1), interval)
+        finally:
+            _release(todo)
         if not all(p.get("state") in sweepfile.ENDED for p in final["points"]):
             final = _watch(sweep_dir, interval)  # points another process was already running
     _finish(sweep_dir, final)
@@ -154,11 +158,37 @@ def _record(points: list[Point], keys: list[str], options: dict[str, Any]) -> tu
         })
         if skipped is None:
             todo.append(p)
+    todo = _lock_runs(todo, data)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     sweepfile.write_sweep(sweep_dir, data)
     for p in todo:
         _prepare_run_dir(p, data)
     return data, todo
+
+
+def _lock_runs(todo: list[Point], data: dict[str, Any]) -> list[Point]:
+    """Take each point's run lock, as a single run does (:mod:`hpc_merge.runlock`): a point whose
+    run dir another live run holds (it started since the check above) is followed, not run twice."""
+    from hpc_merge import runlock
+
+    kept = []
+    for p in todo:
+        assert p.run_dir is not None
+        try:
+            p.lock = runlock.acquire(p.run_dir)
+        except runlock.RunLocked as exc:
+            entry = next(e for e in data["points"] if e["index"] == p.index)
+            entry["skipped"] = f"already running: {exc.problem}; its state is followed here"
+            continue
+        kept.append(p)
+    return kept
+
+
+def _release(points: list[Point]) -> None:
+    """Give up the run locks this process holds (those handed to SLURM jobs stay with the jobs)."""
+    for p in points:
+        if p.lock is not None:
+            p.lock.release()
 
 
 def _prepare_run_dir(p: Point, data: dict[str, Any]) -> None:
@@ -204,6 +234,7 @@ def _submit(todo: list[Point], data: dict[str, Any], sweep_dir: Path) -> None:
             with slurm.refused_as_error(), executor.batch():
                 jobs = [executor.submit(_task(p, data, job_env(cluster))) for p in group]
         except JobFailed as exc:
+            _release(todo)
             for p in group:
                 assert p.run_dir is not None
                 update_status(p.run_dir, state="failed", phase="not submitted", error=str(exc))
@@ -212,6 +243,8 @@ def _submit(todo: list[Point], data: dict[str, Any], sweep_dir: Path) -> None:
             sys.exit(exc.exit_code)
         for p, job in zip(group, jobs, strict=True):
             assert p.run_dir is not None
+            if p.lock is not None:
+                p.lock.hand_to_slurm(str(job.job_id))  # the task holds its run dir from now on
             update_status(p.run_dir, slurm_job_id=str(job.job_id), slurm_stdout=str(job.paths.stdout),
                           slurm_stderr=str(job.paths.stderr))
             sweepfile.update_point(sweep_dir, p.index, slurm_job_id=str(job.job_id))

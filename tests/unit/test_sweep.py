@@ -186,3 +186,20 @@ def test_an_array_task_cancelled_while_packed_is_gone_and_reads_cancelled() -> N
     state, reason = classify({"state": "pending"}, {}, GONE, True, now=0.0, stale_after=60, host="h")
     assert state == "cancelled" and "before it started" in reason
     assert classify({"state": "running"}, {}, GONE, True, now=0.0, stale_after=60, host="h")[0] == "dead"
+
+
+def test_a_point_whose_run_dir_a_live_run_holds_is_followed_not_run(tmp_path: Path) -> None:
+    from hpc_merge import runlock
+    from hpc_merge.sweep.launch import _lock_runs, _release
+
+    held = runlock.acquire(tmp_path / "busy")  # a live run (this process) holds that run dir
+    try:
+        points = [Point(0, ["x=0"], run_dir=tmp_path / "busy"), Point(1, ["x=1"], run_dir=tmp_path / "free")]
+        data = {"points": [{"index": 0, "skipped": None}, {"index": 1, "skipped": None}]}
+        kept = _lock_runs(points, data)
+        assert [p.index for p in kept] == [1] and (tmp_path / "free" / runlock.LOCK_FILE).exists()
+        assert data["points"][0]["skipped"].startswith("already running: run dir ")
+        _release(kept)
+        assert not (tmp_path / "free" / runlock.LOCK_FILE).exists()
+    finally:
+        held.release()
