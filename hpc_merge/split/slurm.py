@@ -11,12 +11,14 @@ part recorded and only assembles, smoke-tests and logs the model.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from hpc_merge.errors import JobFailed
 from hpc_merge.launch.executor import single_process
-from hpc_merge.launch.slurm import gather, submit_array
+from hpc_merge.launch.slurm import gather, no_result_reason, submit_array
+from hpc_merge.monitor.slurmq import ENDED, GONE, query_states
 from hpc_merge.split.local import spec_for
 from hpc_merge.split.part import valid_record
 from hpc_merge.split.plan import Part, fingerprint
@@ -39,9 +41,35 @@ def run_array(config: dict[str, Any], options: dict[str, Any], parts: list[Part]
     jobs = submit_array(single_process(cluster), folder, name, run_spec, specs)
     print(f"submitted SLURM job array {str(jobs[0].job_id).split('_')[0]} ({len(jobs)} of {len(parts)} parts); "
           f"logs: {folder}", flush=True)
-    failed = [(p, why) for p, (ok, why) in zip(missing, gather(jobs), strict=True) if not ok]
+    _wait_ended([str(job.job_id) for job in jobs])
+    failed = []
+    for part, job in zip(missing, jobs, strict=True):
+        if valid_record(parts_root, part, fps[part], checksums=False) is None:
+            failed.append((part, _why(job)))
     if failed:
         part, why = failed[0]
         raise JobFailed(f"{len(failed)} of {len(parts)} parts failed, e.g. {part.label}: {why}; run the same command "
                         "again: the finished parts are kept and only the failed ones are submitted")
     return [p.label for p in missing]
+
+
+def _wait_ended(job_ids: list[str], poll_s: float = 2.0) -> None:
+    """Until every element has ended, or left its array without a record.
+
+    Not ``job.result()``: an element cancelled while its array still held it packed as pending
+    has no record in squeue or sacct (SLURM 22.05), and submitit would wait for it forever.
+    """
+    while True:
+        states = query_states(job_ids)
+        if states is not None and all(states.get(j) in ENDED or states.get(j) == GONE for j in job_ids):
+            return
+        time.sleep(poll_s)
+
+
+def _why(job: Any) -> str:
+    """Why an ended element left no part: what it raised, or the state it ended in."""
+    state = (query_states([str(job.job_id)]) or {}).get(str(job.job_id), "UNKNOWN")
+    if state == GONE:
+        return no_result_reason(f"job {job.job_id}", "CANCELLED", "cancelled before it started")
+    ok, why = gather([job])[0]  # ended: submitit reads its result or its state without waiting
+    return why if not ok else f"job {job.job_id} ended {state} without a part record"

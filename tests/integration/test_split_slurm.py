@@ -55,3 +55,30 @@ def test_tasks_3_is_a_job_array_equal_to_tasks_1(slurm_cluster, tiny_pool, tmp_p
     assert len(list((tmp_path / "out3").glob("*.safetensors"))) == 3
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out3")
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_a_cancelled_element_fails_the_run_and_only_its_part_is_redone(slurm_cluster, tiny_pool, tmp_path: Path) -> None:
+    """One element at a time (array_parallelism=1): the third element is still pending when the
+    array is announced, and is cancelled then; the run fails naming that part and its state, and
+    the same command again submits only that part."""
+    import os
+    import sys
+
+    args = [*BASE, "job.tasks=3", "cluster.array_parallelism=1", f"output={tmp_path / 'out'}"]
+    proc = subprocess.Popen([sys.executable, "-m", "hpc_merge", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if m := re.search(r"submitted SLURM job array (\d+) \(3 of 3 parts\)", line):
+            subprocess.run(["scancel", f"{m[1]}_2"], check=True)
+            break
+    out, err = proc.communicate(timeout=600)
+    assert m, "".join(lines) + out + err
+    assert proc.returncode == 1, "".join(lines) + out + err
+    assert "part-00003-of-00003" in err and "CANCELLED" in err and "1 of 3 parts failed" in err, err
+    assert not (tmp_path / "out").exists()
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert re.search(r"submitted SLURM job array \d+ \(1 of 3 parts\)", again.stdout), again.stdout[-3000:]
+    assert len(list((tmp_path / "out").glob("*.safetensors"))) == 3
