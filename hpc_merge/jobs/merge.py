@@ -181,6 +181,15 @@ def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
         from hpc_merge import split
 
         parts += [split.describe(p, stage) for stage, p in plan["split"].items()]
+        c = OmegaConf.to_container(cfg.cluster, resolve=True) if cfg.get("cluster") is not None else {}
+        n = int(cfg.job.tasks)
+        if c.get("kind") == "slurm":
+            from hpc_merge.launch.executor import single_process
+
+            c = single_process(c)  # what each element is submitted with
+        parts.append(f"# runs as one SLURM job array of {n} elements, each {c.get('cpus_per_task')} CPUs and "
+                     f"{c.get('mem_gb')} GB (cluster.cpus_per_task, cluster.mem_gb), then the merge job assembles"
+                     if c.get("kind") == "slurm" else f"# runs as {n} local processes, then assembled here")
     return "\n".join(parts)
 
 

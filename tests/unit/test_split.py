@@ -116,6 +116,7 @@ def test_job_tasks_3_cli_equals_tasks_1_and_loads(tmp_path: Path) -> None:
     dry = run_cli(*base, "job.tasks=3", "job.dry_run=true")
     assert dry.returncode == 0, dry.stderr
     assert "3 tasks" in dry.stdout and "task 3:" in dry.stdout and " read" in dry.stdout
+    assert "runs as 3 local processes" in dry.stdout
     too_many = run_cli(*base, "job.tasks=100000")
     assert too_many.returncode == 2 and too_many.stderr.strip().startswith("error: job.tasks:")
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("config.yaml"))
