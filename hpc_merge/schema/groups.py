@@ -18,7 +18,7 @@ class Smoke:
     """The inference smoke test run on every output model."""
 
     enabled: bool = True
-    prompts: list[str] = field(default_factory=lambda: ["12+34=", "The quick brown fox", "reverse: abc ->"])
+    prompts: list[str] = field(default_factory=list)  # [] = from the pool (see conf/job/merge.yaml)
     max_new_tokens: int = 8
     text: str | None = None  # perplexity text; None = a small built-in text
 
