@@ -38,7 +38,15 @@ def main() -> None:
     if any(a.startswith("-") for a in args):
         import hydra
 
+        from hpc_merge.config import precheck_sweep
         from hpc_merge.schema import register
+
+        if any(a in ("-m", "--multirun") for a in args):
+            try:
+                precheck_sweep(args)
+            except ConfigError as exc:
+                print(f"error: every point of the sweep: {exc}", file=sys.stderr)
+                sys.exit(ConfigError.exit_code)
 
         register()
         hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")(main_guarded)()

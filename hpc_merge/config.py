@@ -63,3 +63,30 @@ def _one_line(exc: Exception, overrides: list[str]) -> Exception:
             return ConfigError(key, f"cannot apply {overrides[i]!r} ({first})",
                                "check that the key exists (a group chosen with GROUP=NAME holds it) and the value's type")
     return ConfigError("config", f"cannot compose the config ({first})", "see hpc-merge --cfg job")
+
+
+def precheck_sweep(overrides: list[str]) -> None:
+    """``-m``: compose the sweep's first point with the compose API before Hydra's sweeper runs.
+
+    Why: a key that exists in no point (a typo such as ``merge.densty=0.3,0.5``) fails inside
+    Hydra's sweeper, before our launcher sees any point, as Hydra's multi-line report with exit 1,
+    after Hydra made its multirun folder. Every point shares its keys, so the first point tells;
+    problems of single values are left to the launcher, which reports each bad point.
+    Raises a :class:`~hpc_merge.errors.ConfigError` whose field names the bad key.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hpc_merge.errors import ConfigError
+
+    plain = [a for a in overrides if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(plain)
+        first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
+                 else o.input_line for o in parsed]
+    except Exception:  # a sweep form without a first value (intervals for optimisers): the launcher decides
+        return
+    try:
+        compose(first)
+    except ConfigError as exc:
+        if "not a field" in exc.problem:
+            raise

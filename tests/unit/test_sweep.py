@@ -162,6 +162,15 @@ def test_a_bad_point_refuses_the_sweep_before_anything_exists(tiny_pool, tmp_pat
     assert not logs.exists() or not [p for p in logs.rglob("*") if p.is_file()]  # no run dir, no sweep folder
 
 
+def test_a_key_no_point_has_is_one_line_before_hydra_writes_anything(tmp_path: Path) -> None:
+    logs = Path(os.environ["HPC_MERGE_LOGS"])
+    proc = run_cli("-m", "models=tiny", "logger=none", "merge.densty=0.3,0.5", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert line.startswith("error: every point of the sweep: merge.densty: not a field of the config — fix: ")
+    assert not logs.exists() or not [p for p in logs.rglob("*") if p.is_file()]  # not even Hydra's multirun folder
+
+
 @pytest.mark.parametrize("launcher", ["hpc_merge", "submitit_slurm"])
 def test_both_launchers_compose(launcher: str) -> None:
     from hpc_merge.config import compose
