@@ -9,16 +9,25 @@ so a bad value costs well under the 2 s promised; the job module's ``validate`` 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from hpc_merge.errors import ConfigError, did_you_mean
 from hpc_merge.schema import bounds
-from hpc_merge.schema.groups import GROUPS, JOBS, Root
+from hpc_merge.schema.groups import GROUPS, Root
+from hpc_merge.schema.jobs import JOBS
 from hpc_merge.schema.translate import from_omegaconf
 
 ROOT_KEYS = tuple(Root.__dataclass_fields__)
+
+
+def _free_mapping(f: dataclasses.Field) -> bool:
+    """Whether a field is a free-form mapping: typed ``Any`` (so OmegaConf checks no type) with a
+    mapping default (so OmegaConf can only say "Cannot merge DictConfig with ListConfig", no key)."""
+    return f.type in ("Any", Any) and f.default_factory is not dataclasses.MISSING \
+        and isinstance(f.default_factory(), dict)
 
 
 def typed(schema: type, value: Any, field: str) -> dict[str, Any]:
@@ -26,6 +35,11 @@ def typed(schema: type, value: Any, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(field, f"expected a mapping, got {type(value).__name__} {value!r}"[:200],
                           "see --cfg job for the shape of this group")
+    for f in dataclasses.fields(schema):
+        given = value.get(f.name)
+        if _free_mapping(f) and given is not None and not isinstance(given, dict):
+            raise ConfigError(f"{field}.{f.name}", f"must be a mapping, got {given!r}"[:200],
+                              f"give a mapping, e.g. {field}.{f.name}={{key: value}}")
     try:
         node = OmegaConf.merge(OmegaConf.structured(schema), value)
         out = OmegaConf.to_container(node, resolve=True)

@@ -7,7 +7,8 @@ schema (``job/merge_schema``...), because the shape of ``job`` depends on the ki
 
 from __future__ import annotations
 
-from hpc_merge.schema.groups import JOBS, Root
+from hpc_merge.schema.groups import Root
+from hpc_merge.schema.jobs import JOBS
 
 ROOT_NAME = "hpc_merge_schema"
 
