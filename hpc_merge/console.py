@@ -1,4 +1,4 @@
-"""What a user sees while a job runs: progress of every long phase, and no library chatter.
+"""What a user sees while a job runs: progress of every long phase, in one form.
 
 One progress API (:func:`task`) is used by every phase (zoo training, model checks, the merge, the
 smoke test, evaluation, MoE gates, evolution), so all of them look the same:
@@ -10,21 +10,13 @@ smoke test, evaluation, MoE gates, evolution), so all of them look the same:
   unreadable, and the monitor shows ``job.log``'s tail, so that file always gets the plain lines.
 
 Progress and results go to stdout (as pip's do), in order; stderr keeps the one-line errors
-(``error: FIELD: ... — fix: ...``) that scripts and tests read, and warnings.
-
-Library chatter (mergekit's INFO lines, transformers and matplotlib messages, library tqdm bars,
-Python warnings) is hidden on the terminal by default and still written to the log files. Hydra's
-own switch shows it: ``hydra.verbose=true`` (everything, at DEBUG) or ``hydra.verbose=mergekit``
-(one logger), the way Hydra users already turn logging up. :func:`setup_cli` reads that switch
-before any library is imported, because tqdm and transformers read their settings from the
-environment at import time; :class:`QuietFilter` (installed on Hydra's console handler by
-``conf/config.yaml``) hides log records on the terminal.
+(``error: FIELD: ... — fix: ...``) that scripts and tests read, and warnings. Which log records
+reach the terminal at all: :mod:`hpc_merge.verbosity`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import threading
@@ -34,132 +26,17 @@ from typing import Any, TextIO
 
 #: In plain mode, at most one line per phase every this many seconds (besides start and end).
 PLAIN_EVERY_S = 10.0
-#: Set by :func:`setup_cli` for this process and its children (SLURM jobs inherit the environment).
-VERBOSE_ENV = "HPC_MERGE_VERBOSE"
 #: ``HPC_MERGE_PROGRESS=plain|bar`` forces a form (default: bars on a terminal, else plain).
 FORM_ENV = "HPC_MERGE_PROGRESS"
-#: Loggers whose records are ours; warnings from them reach the terminal (once each).
-OURS = "hpc_merge"
 
 _lock = threading.RLock()
-_T0 = time.monotonic()  # reset by setup_cli: the CLI's start
-_warned: set[str] = set()
+_T0 = time.monotonic()  # reset by start_clock: the CLI's start
 
 
-# ----------------------------------------------------------------------------------------- verbosity
-
-def parse_verbose(argv: list[str]) -> str:
-    """``hydra.verbose`` from command-line overrides: ``""`` (off), ``"true"`` or logger names."""
-    value = ""
-    for arg in argv:
-        if arg.startswith(("hydra.verbose=", "++hydra.verbose=", "+hydra.verbose=")):
-            value = arg.split("=", 1)[1].strip().strip("[]")
-    if value.lower() in ("", "false", "0", "no", "null", "none"):
-        return ""
-    return "true" if value.lower() in ("true", "1", "yes") else value
-
-
-def verbose_for(name: str) -> bool:
-    """Whether records of logger ``name`` should reach the terminal in full (``hydra.verbose``)."""
-    flag = os.environ.get(VERBOSE_ENV, "")
-    if flag == "true":
-        return True
-    names = [n.strip() for n in flag.split(",") if n.strip()]
-    if any(name == n or name.startswith(n + ".") for n in names):
-        return True
-    # Hydra applies hydra.verbose by setting levels to DEBUG: honour that too (e.g. set in a config file)
-    if logging.getLogger().level == logging.DEBUG:
-        return True
-    logger: logging.Logger | None = logging.getLogger(name)
-    while logger is not None and logger.name != "root":
-        if logger.level == logging.DEBUG:
-            return True
-        logger = logger.parent
-    return False
-
-
-def setup_cli(argv: list[str]) -> str:
-    """Quiet the libraries for this CLI process unless ``hydra.verbose`` asks for them.
-
-    Runs before Hydra and before any library import (tqdm and transformers read these variables
-    when imported). Returns the verbosity (``""``, ``"true"`` or logger names).
-    """
+def start_clock() -> None:
+    """The CLI starts now (:func:`elapsed_s` counts from here)."""
     global _T0
     _T0 = time.monotonic()
-    verbose = parse_verbose(argv)
-    os.environ[VERBOSE_ENV] = verbose
-    names = {n.strip() for n in verbose.split(",")}
-    loud = verbose == "true"
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if loud or "transformers" in names else "error")
-    if not loud:
-        if not names & {"tqdm", "mergekit", "transformers", "huggingface_hub"}:
-            os.environ.setdefault("TQDM_DISABLE", "1")  # library bars (mergekit's tokenizer pass...)
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # its fork warning
-    # Python warnings become log records: in the log file, on the terminal only when verbose
-    logging.captureWarnings(True)
-    _configure_logging(verbose)
-    return verbose
-
-
-def _configure_logging(verbose: str) -> None:
-    """Root logger for a CLI run: records to the terminal through :class:`QuietFilter`.
-
-    A plain run is composed with Hydra's compose API, which configures no logging (``@hydra.main``,
-    used for ``-m`` sweeps, replaces this with ``hydra.job_logging`` from ``conf/config.yaml``, which
-    has the same filter); ``hydra.verbose`` is applied the way Hydra applies it (levels to DEBUG).
-    """
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if isinstance(h, _TerminalHandler)]:
-        root.removeHandler(h)
-    handler = _TerminalHandler()
-    handler.addFilter(QuietFilter())
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose == "true" else logging.INFO)  # INFO reaches job.log's handler
-    if verbose and verbose != "true":
-        for name in verbose.split(","):
-            logging.getLogger(name.strip()).setLevel(logging.DEBUG)
-
-
-class _TerminalHandler(logging.Handler):
-    """Log records that pass :class:`QuietFilter`, on the terminal side of stderr (above live bars)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            msg = record.getMessage()
-            ours = record.name == OURS or record.name.startswith(OURS + ".")
-            text = f"{record.levelname.lower()}: {msg}" if ours else f"[{record.name}][{record.levelname}] {msg}"
-            if record.exc_info and verbose_for(record.name):
-                text += "\n" + logging.Formatter().formatException(record.exc_info)
-            live = _live
-            if live is not None:
-                live.console.print(text, highlight=False, markup=False)
-            else:
-                term, _ = _streams(sys.stderr)
-                term.write(text + "\n")
-                term.flush()
-        except Exception:  # a log line must never end the run
-            self.handleError(record)
-
-
-class QuietFilter(logging.Filter):
-    """Terminal filter for log records: errors always; our warnings once; the rest when verbose.
-
-    Installed on Hydra's console handler by ``conf/config.yaml`` (``hydra.job_logging``); the log
-    files keep every record.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003 - logging's name
-        if record.levelno >= logging.ERROR or verbose_for(record.name):
-            return True
-        if record.levelno >= logging.WARNING and (record.name == OURS or record.name.startswith(OURS + ".")):
-            key = record.getMessage()
-            with _lock:
-                if key in _warned:
-                    return False
-                _warned.add(key)
-            return True
-        return False
 
 
 # ----------------------------------------------------------------------------------------- streams
@@ -167,7 +44,7 @@ class QuietFilter(logging.Filter):
 def _streams(stream: TextIO | None = None) -> tuple[TextIO, TextIO | None]:
     """(the terminal-side stream, the job log file or None) behind ``stream`` (default stdout).
 
-    While a job runs, :func:`hpc_merge.joblog.tee_output` puts a tee in ``sys.stdout`` that copies
+    While a job runs, :func:`hpc_merge.run.joblog.tee_output` puts a tee in ``sys.stdout`` that copies
     into ``job.log``; bars go to the stream behind it and plain lines to the log file, so control
     codes never land in the log.
     """
@@ -235,15 +112,9 @@ def _write_plain(line: str, to_terminal: bool) -> None:
 
 def note(text: str) -> None:
     """One message line between bars (stdout): timestamped in plain mode, above the live bars on a terminal."""
-    live = _live
     if bars_wanted():
         _write_plain(f"{_stamp()} {text}", to_terminal=False)
-        if live is not None:
-            live.console.print(text, highlight=False, markup=False)
-        else:
-            term, _ = _streams()
-            term.write(text + "\n")
-            term.flush()
+        print_above(text, sys.stdout)
     else:
         _write_plain(f"{_stamp()} {text}", to_terminal=True)
 
@@ -251,6 +122,17 @@ def note(text: str) -> None:
 def echo(text: str = "") -> None:
     """Result lines on stdout, flushed (so they stay in order with progress and errors)."""
     print(text, flush=True)
+
+
+def print_above(text: str, stream: TextIO) -> None:
+    """One line on the terminal side of ``stream``: above the live bars when they are shown."""
+    live = _live
+    if live is not None:
+        live.console.print(text, highlight=False, markup=False)
+    else:
+        term, _ = _streams(stream)
+        term.write(text + "\n")
+        term.flush()
 
 
 # ----------------------------------------------------------------------------------------- progress

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from hpc_merge.moe.recipe import MoePlan
+from hpc_merge.moe.plan import MoePlan
 
 RECIPE_FILE = "mergekit_moe_config.yml"  # the name mergekit-moe uses, so its tools recognise it
 #: First line of a recipe file whose ``gate_mode: hidden`` is ours (the fitted router): read back

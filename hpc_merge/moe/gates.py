@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from hpc_merge.moe.recipe import PROMPT_GATE_MODES, ExpertSpec, MoePlan
+from hpc_merge.moe.plan import ExpertSpec, MoePlan
+from hpc_merge.moe.recipe import PROMPT_GATE_MODES
 
 if TYPE_CHECKING:
     import torch

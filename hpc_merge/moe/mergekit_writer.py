@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpc_merge.mergekit_adapter.moe import moe_config, output_architecture
+from hpc_merge.moe.arch import read_config
 from hpc_merge.moe.gates import mergekit_expert
-from hpc_merge.moe.recipe import MoePlan, read_config
+from hpc_merge.moe.plan import MoePlan
 
 if TYPE_CHECKING:
     import torch

@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpc_merge.moe.recipe import ExpertSpec, MoePlan, head_dim, read_config
+from hpc_merge.moe.arch import head_dim, read_config
+from hpc_merge.moe.plan import ExpertSpec, MoePlan
 
 if TYPE_CHECKING:
     import torch

@@ -1,4 +1,4 @@
-"""Progress lines and the terminal's log filter (hpc_merge.console), without a subprocess."""
+"""Progress lines (hpc_merge.console) and the terminal's log filter (hpc_merge.verbosity), without a subprocess."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from hpc_merge import console
+from hpc_merge import console, verbosity
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
@@ -16,7 +16,7 @@ from hpc_merge import console
     (["x=1", "hydra.verbose=mergekit"], "mergekit"), (["hydra.verbose=[mergekit,transformers]"], "mergekit,transformers"),
 ])
 def test_hydra_verbose_is_read_from_the_command_line(argv: list[str], expected: str) -> None:
-    assert console.parse_verbose(argv) == expected
+    assert verbosity.parse_verbose(argv) == expected
 
 
 def _record(name: str, level: int, msg: str = "m") -> logging.LogRecord:
@@ -24,15 +24,15 @@ def _record(name: str, level: int, msg: str = "m") -> logging.LogRecord:
 
 
 def test_terminal_filter_hides_library_chatter_keeps_errors_and_our_warnings_once(monkeypatch) -> None:
-    monkeypatch.setenv(console.VERBOSE_ENV, "")
-    f = console.QuietFilter()
+    monkeypatch.setenv(verbosity.VERBOSE_ENV, "")
+    f = verbosity.QuietFilter()
     assert not f.filter(_record("mergekit.merge", logging.INFO))
     assert not f.filter(_record("transformers.modeling_utils", logging.WARNING))
     assert f.filter(_record("mergekit.merge", logging.ERROR))
     text = f"expert 0 wins only 42% ({time.time()})"
     assert f.filter(_record("hpc_merge.moe.gates", logging.WARNING, text))
     assert not f.filter(_record("hpc_merge.moe.gates", logging.WARNING, text))  # once
-    monkeypatch.setenv(console.VERBOSE_ENV, "mergekit")
+    monkeypatch.setenv(verbosity.VERBOSE_ENV, "mergekit")
     assert f.filter(_record("mergekit.merge", logging.INFO))
     assert not f.filter(_record("transformers.modeling_utils", logging.INFO))
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from hpc_merge.cli.fetch import _resolved_sections, hub_id, model_refs
 from hpc_merge.config import compose
-from hpc_merge.fetch import _resolved_sections, hub_id, model_refs
 
 QWEN = ["Qwen/Qwen2.5-32B", "Qwen/Qwen2.5-32B-Instruct", "Qwen/QwQ-32B", "Qwen/Qwen2.5-Coder-32B-Instruct",
         "simplescaling/s1-32B"]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from hpc_merge.cli.sbatch import format_time, job_arguments, main, render, templates_dir
 from hpc_merge.config import compose
 from hpc_merge.errors import ConfigError
-from hpc_merge.sbatch import format_time, job_arguments, main, render, templates_dir
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 # (golden file, job kind, cluster overrides, overrides given to `hpc-merge sbatch`)

@@ -31,7 +31,7 @@ Render slurm_templates/<job.kind>.sbatch with the cluster profile's resources, e
 
 def templates_dir() -> Path:
     """``slurm_templates/`` packaged beside the code, else the checkout's."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the hpc_merge package
     for candidate in (here / "slurm_templates", here.parent / "slurm_templates"):
         if candidate.is_dir():
             return candidate
