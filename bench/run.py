@@ -5,6 +5,7 @@
     python bench/run.py --only merge,memory --reps 5
     python bench/run.py --only methods     # all 20 methods, both input kinds (see bench/methods.py)
     python bench/run.py --only scale7b     # 3 × Qwen2.5-7B-shaped models, out of core (see bench/scale7b.py)
+    python bench/run.py --only split       # job.tasks=1 vs 2, local processes and local SLURM (bench/split.py)
 
 Tables go to stdout and to ``bench/results/latest.md`` (full) or ``bench/results/quick.md``
 (``--quick``), with the machine's load before and after, because this machine is shared and
@@ -27,10 +28,10 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable from
 from bench.context import Context  # noqa: E402
 from bench.proc import load_average  # noqa: E402
 
-BENCHMARKS = ("merge", "overhead", "memory", "evolution", "scaling", "gpu", "methods", "scale7b")
+BENCHMARKS = ("merge", "overhead", "memory", "evolution", "scaling", "gpu", "methods", "scale7b", "split")
 MODULES = {"merge": "merge_floor", "overhead": "overhead", "memory": "memory", "evolution": "evolution",
-           "scaling": "scaling", "gpu": "gpu", "methods": "methods", "scale7b": "scale7b"}
-DEFAULT = BENCHMARKS[:-2]  # methods (80 merges) and scale7b (46 GB of inputs) run only when named
+           "scaling": "scaling", "gpu": "gpu", "methods": "methods", "scale7b": "scale7b", "split": "split"}
+DEFAULT = BENCHMARKS[:-3]  # methods (80 merges), scale7b (46 GB of inputs) and split (SLURM) run only when named
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -95,6 +95,11 @@ def job(j: dict[str, Any], kind: str) -> None:
         at_least(j["smoke"].get("max_new_tokens"), 1, "job.smoke.max_new_tokens")
     if "tasks" in j:
         at_least(j["tasks"], 1, "job.tasks")
+        if kind == "moe" and j["tasks"] > 1:  # refused before anything is resolved, submitted or written
+            raise ConfigError("job.tasks", f"{j['tasks']} tasks for a MoE build, which is not split: its gates come "
+                              "from forward passes of the base model over the prompts and mergekit-moe writes the "
+                              "experts in one pass, not as per-tensor merge tasks", "use job.tasks=1 with job=moe "
+                              "(split the dense merges that make the experts instead: job=merge job.tasks=N)")
 
 
 def cluster(c: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ a re-run of the same config reuses every part whose record is still valid and re
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,25 +35,26 @@ def merge_split(config: dict[str, Any], options: dict[str, Any], tasks: int, par
 
     Parts with a valid record are reused. A failed part is one :class:`JobFailed` naming it; the
     finished parts are kept for the re-run. Returns ``{"parts": N, "reused": [...], "ran": [...]}``.
+    ``progress(fields)`` gets the whole merge's status fields (:func:`hpc_merge.split.progress.fold`)
+    every second and whenever a part ends.
     """
     from hpc_merge.split.local import run_local, spec_for
+    from hpc_merge.split.progress import fold
 
     parts = plan_parts(config, options, tasks)
     parts_root.mkdir(parents=True, exist_ok=True)
     fps = {p: fingerprint(config, options, p) for p in parts}
     reused = [p for p in parts if valid_record(parts_root, p, fps[p]) is not None]
     missing = [p for p in parts if p not in reused]
-    done = len(reused)
+    started = time.time()
 
-    def on_done(part: Part, ok: bool) -> None:
-        nonlocal done
-        done += ok
+    def tick() -> None:
         if progress is not None:
-            progress({"parts_done": done, "parts_total": len(parts), "part": part.label, "part_ok": ok})
+            progress(fold(parts, parts_root, {p.label for p in reused}, started))
 
-    if progress is not None:
-        progress({"parts_done": done, "parts_total": len(parts)})
-    failed = run_local({p: spec_for(config, options, p, parts_root, fps[p]) for p in missing}, parts_root, on_done)
+    tick()
+    failed = run_local({p: spec_for(config, options, p, parts_root, fps[p]) for p in missing}, parts_root,
+                       on_done=lambda _part, _ok: tick(), tick=tick)
     if failed:
         first = next(iter(failed))
         raise JobFailed(f"{len(failed)} of {len(parts)} parts failed, e.g. {first}: {failed[first]}; "

@@ -6,6 +6,7 @@ fork of a process that already holds torch threads), with its output in ``<parts
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -25,8 +26,13 @@ def spec_for(config: dict[str, Any], options: dict[str, Any], part: Part, parts_
 
 
 def run_local(specs: dict[Part, dict[str, Any]], parts_root: Path,
-              on_done: Callable[[Part, bool], None] | None = None) -> dict[str, str]:
-    """Start one process per part, wait for all; ``{label: why it failed}`` for the failed ones."""
+              on_done: Callable[[Part, bool], None] | None = None,
+              tick: Callable[[], None] | None = None, tick_s: float = 1.0) -> dict[str, str]:
+    """Start one process per part, wait for all; ``{label: why it failed}`` for the failed ones.
+
+    ``tick()`` is called every ``tick_s`` seconds while parts run (the caller folds their progress
+    files into the run's status).
+    """
     procs: dict[Part, tuple[subprocess.Popen, Path, Any]] = {}
     try:
         for part, spec in specs.items():
@@ -35,11 +41,15 @@ def run_local(specs: dict[Part, dict[str, Any]], parts_root: Path,
             log_path = parts_root / f"{part.label}.log"
             log = open(log_path, "w")  # noqa: SIM115 (closed when the process ends)
             proc = subprocess.Popen([sys.executable, "-m", "hpc_merge.split.worker", str(spec_path)],
-                                    stdout=log, stderr=subprocess.STDOUT)
+                                    stdout=log, stderr=subprocess.STDOUT, env=_worker_env(len(specs)))
             procs[part] = (proc, log_path, log)
         failed: dict[str, str] = {}
         pending = dict(procs)
+        last_tick = time.monotonic()
         while pending:
+            if tick is not None and time.monotonic() - last_tick >= tick_s:
+                last_tick = time.monotonic()
+                tick()
             for part, (proc, log_path, log) in list(pending.items()):
                 code = proc.poll()
                 if code is None:
@@ -58,6 +68,18 @@ def run_local(specs: dict[Part, dict[str, Any]], parts_root: Path,
                 proc.kill()
                 proc.wait()
             log.close()
+
+
+def _worker_env(n_workers: int) -> dict[str, str]:
+    """The workers' environment: the cores shared out (``OMP_NUM_THREADS``, unless the user set it).
+
+    Without it each of N workers starts torch with one thread per core, N times too many threads
+    for the cores there are, and they slow each other down.
+    """
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // max(n_workers, 1)))
+    return env
 
 
 def _last_line(path: Path) -> str:

@@ -7,6 +7,7 @@ options, the part and where the parts go. Exit 0 once the part's folder and reco
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,16 @@ from hpc_merge.split.plan import Part
 
 
 def run_spec(spec: dict[str, Any]) -> str:
-    """Run the part a spec describes (also the callable of a SLURM array element); its folder."""
+    """Run the part a spec describes (also the callable of a SLURM array element); its folder.
+
+    On SLURM, torch gets the element's CPUs (``SLURM_CPUS_PER_TASK``) as its threads unless
+    ``OMP_NUM_THREADS`` says otherwise: by default it would start one per core of the whole node.
+    """
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit() and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(int(cpus))
     part = Part(index=spec["index"], count=spec["count"], names=tuple(spec["names"]), read_bytes=spec["read_bytes"])
     return str(run_part(spec["config"], spec["options"], part, Path(spec["parts_root"]), spec["fingerprint"]))
 

@@ -82,3 +82,30 @@ def test_a_cancelled_element_fails_the_run_and_only_its_part_is_redone(slurm_clu
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert re.search(r"submitted SLURM job array \d+ \(1 of 3 parts\)", again.stdout), again.stdout[-3000:]
     assert len(list((tmp_path / "out").glob("*.safetensors"))) == 3
+
+
+def test_no_wait_submits_the_array_and_a_merge_job_that_waits_for_it(slurm_cluster, tiny_pool, tmp_path: Path) -> None:
+    """``cluster.wait=false``: the CLI returns after submitting the array and the merge job, which
+    SLURM holds by ``afterok`` until every element has COMPLETED; it then assembles the model."""
+    import os
+
+    proc = run_cli(*BASE, "job.tasks=3", "cluster.wait=false", f"output={tmp_path / 'out'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    array = re.search(r"submitted SLURM job array (\d+) \(3 of 3 parts\)", proc.stdout)
+    merge = re.search(r"submitted SLURM job (\d+) \(merge\)", proc.stdout)
+    assert array and merge and "not waiting" in proc.stdout, proc.stdout[-3000:]
+    script = next(Path(os.environ["HPC_MERGE_LOGS"]).rglob(f"{merge[1]}_submission.sh")).read_text()
+    assert f"#SBATCH --dependency=afterok:{array[1]}\n" in script and "#SBATCH --kill-on-invalid-dep=yes\n" in script
+    deadline = time.time() + 600
+    while True:  # the merge job's end, as accounting records it
+        rows = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State,Start,End", "-j", f"{array[1]},{merge[1]}"],
+                              capture_output=True, text=True).stdout.split()
+        states = {r.split("|")[0]: r.split("|")[1:] for r in rows}
+        if states.get(merge[1], ["PENDING"])[0] not in ("PENDING", "RUNNING", "COMPLETING") or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert states[merge[1]][0] == "COMPLETED", states
+    elements = [v for k, v in states.items() if k.startswith(f"{array[1]}_")]
+    assert len(elements) == 3 and all(v[0] == "COMPLETED" for v in elements), states
+    assert states[merge[1]][1] >= max(v[2] for v in elements), states  # started once every part had ended
+    assert len(list((tmp_path / "out").glob("*.safetensors"))) == 3

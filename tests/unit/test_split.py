@@ -9,6 +9,7 @@ only that part.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,70 @@ def test_job_tasks_3_cli_equals_tasks_1_and_loads(tmp_path: Path) -> None:
     assert not any((tmp_path / "logs").rglob("part-00001-of-00003"))  # parts removed once the model is in place
     model = transformers.AutoModelForCausalLM.from_pretrained(outs[3])
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_progress_is_one_run_with_a_row_per_part(tiny_pool, tmp_path: Path) -> None:
+    """status fields folded from the parts' own reports: tensors and bytes over all parts, a row each."""
+    from hpc_merge.split.progress import read_part_progress
+
+    recipe = method_recipe("ties", [tiny_pool["base"], tiny_pool["math"], tiny_pool["coder"]])
+    seen: list[dict] = []
+    (tmp_path / "out").mkdir()
+    merge_split(recipe, OPTIONS, 3, tmp_path / "parts", tmp_path / "out", progress=seen.append)
+    first, last = seen[0], seen[-1]
+    assert first["parts_done"] == 0 and first["tasks_done"] == 0 and first["parts_total"] == 3
+    assert [r["state"] for r in first["parts"]] == ["waiting"] * 3
+    assert last["parts_done"] == 3 and last["tasks_done"] == last["tasks_total"] == len(_tensors(tmp_path / "out"))
+    assert last["bytes_read"] == last["read_bytes_total"] > 0
+    assert [r["state"] for r in last["parts"]] == ["done"] * 3
+    for row in last["parts"]:
+        report = read_part_progress(tmp_path / "parts", row["part"])
+        assert report["state"] == "done" and report["pid"] != os.getpid()  # written by the worker process
+
+
+def test_a_recorded_part_is_not_merged_again(tiny_pool, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An array element that SLURM requeues after its part was recorded ends at once (idempotent)."""
+    recipe = method_recipe("linear", [tiny_pool["base"], tiny_pool["math"], tiny_pool["coder"]])
+    part = plan_parts(recipe, OPTIONS, 2)[1]
+    fp = fingerprint(recipe, OPTIONS, part)
+    folder = run_part(recipe, OPTIONS, part, tmp_path, fp)
+    before = {f.name: f.stat().st_ino for f in folder.iterdir()}
+    assert run_part(recipe, OPTIONS, part, tmp_path, fp) == folder
+    assert {f.name: f.stat().st_ino for f in folder.iterdir()} == before
+    assert "already recorded" in capsys.readouterr().out
+
+
+def test_no_wait_merge_job_waits_for_the_array_by_afterok() -> None:
+    from hpc_merge.launch.executor import executor_parameters
+    from hpc_merge.split.slurm import after_array
+
+    cluster = {"kind": "slurm", "additional_parameters": {"mail-type": "END"}}
+    params = executor_parameters(after_array(cluster, ["41", "42"]), "merge-x")["slurm_additional_parameters"]
+    assert params == {"mail-type": "END", "dependency": "afterok:41:42", "kill_on_invalid_dep": "yes"}
+    assert cluster["additional_parameters"] == {"mail-type": "END"}  # the profile itself is left alone
+
+
+def test_job_tasks_on_a_moe_build_is_refused_in_one_line(tmp_path: Path) -> None:
+    res = run_cli("job=moe", "job.tasks=2", "job.dry_run=true", f"logs_dir={tmp_path / 'logs'}")
+    assert res.returncode == 2, res.stdout + res.stderr
+    line = res.stderr.strip()
+    assert line.startswith("error: job.tasks:") and "MoE" in line and "job.tasks=1" in line and "\n" not in line
+    assert not (tmp_path / "logs").exists()
+
+
+def test_fold_gives_total_bytes_eta_and_the_monitor_line(tmp_path: Path) -> None:
+    """Half of part 1's bytes read in 10 s, part 2 waiting, part 3 recorded by an earlier try."""
+    from hpc_merge.monitor.view import parts_text
+    from hpc_merge.split.progress import fold, write_part_progress
+
+    parts = balance([("a", 400), ("b", 400), ("c", 200)], 3)
+    t0 = 1000.0
+    write_part_progress(tmp_path, parts[0], "merging", started_at=t0 + 1, tensors_done=0, tensors_total=1, read_frac=0.5)
+    write_part_progress(tmp_path, parts[1], "merging", started_at=t0 - 500, tensors_done=1)  # a report of an earlier try
+    got = fold(parts, tmp_path, {parts[2].label}, started_at=t0, now=t0 + 10)
+    assert [r["state"] for r in got["parts"]] == ["merging", "waiting", "recorded"]
+    assert got["bytes_read"] == 200 + 200 and got["read_bytes_total"] == 1000
+    assert got["tasks_done"] == 1 and got["tasks_total"] == 3 and got["parts_done"] == 1
+    assert got["throughput_mb_s"] == pytest.approx(200 / 10 / 1e6)
+    assert got["eta_s"] == pytest.approx((200 + 400) / (200 / 10))  # what the running try still reads, at its rate
+    assert parts_text(got) == "parts: 1 merging, 1 waiting, 1 recorded (1: 0%)"
