@@ -78,8 +78,24 @@ def slurm_text(run: RunInfo) -> str:
 
 
 def detail_text(run: RunInfo) -> str:
-    """Why a run is in its state, when that is not obvious (dead, failed, cancelled)."""
-    return run.reason if run.state in ("dead", "failed", "cancelled", "pending") else ""
+    """Why a run is in its state, when that is not obvious (dead, failed, cancelled); the parts of a
+    split merge (``job.tasks=N``) while it runs."""
+    if run.state in ("dead", "failed", "cancelled", "pending"):
+        return run.reason
+    return parts_text(run.status) if run.state == "running" else ""
+
+
+def parts_text(status: dict) -> str:
+    """``parts: 1 done, 2 merging (2: 40%, 3: 12%)`` from a split merge's status rows, else ``""``."""
+    rows = [r for r in status.get("parts") or [] if isinstance(r, dict)]
+    tally: dict[str, int] = {}
+    for r in rows:
+        tally[str(r.get("state"))] = tally.get(str(r.get("state")), 0) + 1
+    busy = [f"{str(r.get('part', '?'))[5:10].lstrip('0')}: "
+            f"{100 * (r.get('tensors_done') or 0) / max(r.get('tensors_total') or 1, 1):.0f}%"
+            for r in rows if r.get("state") == "merging"]
+    return ("parts: " + ", ".join(f"{n} {s}" for s, n in tally.items()) + (f" ({', '.join(busy)})" if busy else "")
+            if rows else "")
 
 
 def fmt_bytes(n: float | None) -> str:
