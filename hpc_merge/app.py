@@ -12,10 +12,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hpc_merge.atomic import disk_full, free_space, size_text, write_text
+from hpc_merge.atomic import disk_full, free_space, size_text
 from hpc_merge.errors import ConfigError, JobFailed
 from hpc_merge.jobs import job_module
-from hpc_merge.rundir import read_result, run_dir_for
+from hpc_merge.run.files import read_result, write_config
+from hpc_merge.run.identity import reusable_result, run_dir_for
 
 
 def load_mergekit_yaml(cfg: DictConfig) -> None:
@@ -26,7 +27,8 @@ def load_mergekit_yaml(cfg: DictConfig) -> None:
     UTF-16, huge, deeply nested or self-referencing file is one line, not a traceback.
     """
     from hpc_merge.schema.check import typed
-    from hpc_merge.schema.groups import JOBS, MoeRecipe
+    from hpc_merge.schema.groups import MoeRecipe
+    from hpc_merge.schema.jobs import JOBS
     from hpc_merge.schema.yamlfile import read_recipe
 
     data, text = read_recipe(str(cfg.mergekit_yaml))
@@ -70,7 +72,7 @@ def prepare(cfg: DictConfig) -> tuple[str, dict[str, Any], Path]:
     with open_dict(cfg):
         cfg.logs_dir = str(Path(str(cfg.logs_dir)).expanduser().resolve())
     if cfg.get("cluster") is not None:
-        from hpc_merge.launch.executor import check_cluster
+        from hpc_merge.cluster.executor import check_cluster
 
         check_cluster(OmegaConf.to_container(cfg.cluster, resolve=True))
     kind = str(cfg.job.kind)
@@ -85,26 +87,28 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     if cfg.job.get("dry_run"):
         print(mod.describe(cfg, plan))
         return None
-    from hpc_merge import runlock
+    from hpc_merge.run import lock as runlock
 
     lock = None
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = runlock.acquire(run_dir)  # a second identical run stops here, naming the holder
-        previous = read_result(run_dir)
-        if previous and previous.get("status") == "ok" and not cfg.get("force"):
-            gone = previous.get("output_model") and not Path(previous["output_model"], "config.json").is_file()
-            if not gone:
+        if not cfg.get("force"):
+            previous = reusable_result(run_dir)
+            if previous is not None:
                 print(f"skipped: this exact config already ran successfully (run {run_dir.name}); "
                       f"use force=true to run it again")
                 print(f"run_dir: {run_dir}")
                 return previous
-            print(f"run {run_dir.name} ran this exact config, but its output {previous['output_model']} is gone: "
-                  "running it again")
-        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            earlier = read_result(run_dir) or {}
+            if earlier.get("status") == "ok":  # it succeeded, but its model is gone
+                print(f"run {run_dir.name} ran this exact config, but its output {earlier['output_model']} is gone: "
+                      "running it again")
+        write_config(run_dir, cfg)
+        from hpc_merge.jobs import entry
         from hpc_merge.launch import launch
 
-        result = launch(kind, cfg, run_dir, on_submit=lock.hand_to_slurm)
+        result = launch(kind, cfg, run_dir, entry, on_submit=lock.hand_to_slurm)
     except OSError as exc:
         if not disk_full(exc):
             raise

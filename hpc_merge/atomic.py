@@ -13,6 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from hpc_merge.errors import JobFailed
+from hpc_merge.procs.owner import hostname, pid_alive, slurm_job_active, slurm_job_id
+
 #: ``.NAME.tmp-PID@HOST[+jJOB]-XXXX`` (a folder being written) / ``.NAME.old-...`` (being replaced):
 #: the writer's pid, host and SLURM job are in the name, so a later run can tell a dead writer's leftovers.
 _SIDE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)@(?P<host>[^@/+]+?)(?:\+j(?P<job>[0-9_]+))?"
@@ -85,8 +88,6 @@ def atomic_dir(dest: str | Path, overwrite: bool = False, finish: Callable[[Path
             if not overwrite:
                 raise FileExistsError(f"{dest} already exists")
             if replace_if is not None and not replace_if(dest):
-                from hpc_merge.errors import JobFailed
-
                 raise JobFailed(f"{dest} appeared while the output was written and was not written by "
                                 "hpc_merge: left as it is; the new output was not moved in")
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-{tag}-", dir=dest.parent))
@@ -98,8 +99,6 @@ def atomic_dir(dest: str | Path, overwrite: bool = False, finish: Callable[[Path
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if disk_full(exc):
-            from hpc_merge.errors import JobFailed
-
             free = shutil.disk_usage(dest.parent).free
             raise JobFailed(f"no space left on the device while writing {dest} ({size_text(free)} free now; "
                             "the partial output was removed): free space there or choose another output "
@@ -124,8 +123,6 @@ def size_text(nbytes: float) -> str:
 
 
 def _owner_tag() -> str:
-    from hpc_merge.owner import hostname, slurm_job_id
-
     job = slurm_job_id()
     return f"{os.getpid()}@{hostname()}" + (f"+j{job}" if job else "")
 
@@ -151,8 +148,6 @@ def remove_stale_siblings(folder: Path) -> list[Path]:
     without a SLURM job cannot be checked and its folder is left alone. A ``.NAME.old-*`` (a dead
     writer stopped between its two renames) is put back as ``NAME`` when that is missing.
     """
-    from hpc_merge.owner import hostname, pid_alive, slurm_job_active
-
     removed = []
     try:
         entries = list(folder.iterdir())

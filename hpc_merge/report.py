@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_merge.atomic import write_json, write_text
+from hpc_merge.run.files import REPORT_JSON, REPORT_MD, REPORT_PNG
 
 ROLES = ("base", "source", "merged")
 
@@ -162,16 +163,16 @@ def merge_report(run_dir: str | Path, models: list[tuple[str, str, Any]], tasks:
     for r in rows:  # beside accuracy in every copy of the rows (report.json, result.json, W&B)
         if r["role"] == "merged" and "gain_kept" in kept.get(r["task"], {}):
             r["gain_kept"] = kept[r["task"]]["gain_kept"]
-    write_json(run_dir / "report.json", {"split": split, "rows": rows, "retention": kept})
+    write_json(run_dir / REPORT_JSON, {"split": split, "rows": rows, "retention": kept})
     table = format_table(rows)
     kept_lines = [f"- {t}: merged {_fmt(k['merged_accuracy'], True)} vs best source {k['best_source']} "
                   f"{_fmt(k['source_accuracy'], True)} (kept {_fmt(k['kept'], True)}"
                   + (f"; base {_fmt(k['base_accuracy'], True)}, gain kept {_fmt(k['gain_kept'], True)}"
                      if "gain_kept" in k else "") + ")" for t, k in kept.items()]
-    write_text(run_dir / "report.md", "# Merge report\n\nSplit: `" + split + "`; cells: exact-match accuracy "
+    write_text(run_dir / REPORT_MD, "# Merge report\n\nSplit: `" + split + "`; cells: exact-match accuracy "
                "(mean log-likelihood per answer token).\n\n" + table + "\n"
                + ("\n## Kept from the best source\n\n" + "\n".join(kept_lines) + "\n" if kept_lines else ""))
-    png = plot_report(rows, run_dir / "report.png")
+    png = plot_report(rows, run_dir / REPORT_PNG)
     if tracker is not None:
         columns = ["model", "role", "task", "accuracy", "loglik", "n", "gain_kept"]
         tracker.table("merge_report", columns, [[r.get(c) for c in columns] for r in rows])

@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from hpc_merge.run.files import REPORT_MD, REPORT_PNG, RESULT_FILE
+
 
 def _size(nbytes: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -67,8 +69,8 @@ def summary_lines(kind: str, cfg: DictConfig, result: dict[str, Any], run_dir: P
         check = (f"{_params(metrics['n_params'])} params, loads with transformers: ok" if "n_params" in metrics
                  else "load check skipped (job.smoke.enabled=false)")
         lines.append(f"output: {out} ({_size(size)}; {check})")
-    details = ["result.json (every metric)"]
+    details = [f"{RESULT_FILE} (every metric)"]
     if rows:
-        details.append("report.md, report.png")
+        details.append(f"{REPORT_MD}, {REPORT_PNG}")
     lines.append(f"details: {', '.join(details)} in the run dir")
     return lines

@@ -11,7 +11,8 @@ from hpc_merge.atomic import write_json
 from hpc_merge.evolve.dfs import DfsSpace
 from hpc_merge.evolve.space import SearchSpace
 from hpc_merge.evolve.state import EvolutionState
-from hpc_merge.status import update_status
+from hpc_merge.run.files import FITNESS_PNG
+from hpc_merge.run.status import update_status
 
 
 def gene_values(space: SearchSpace | DfsSpace, x: list[float]) -> list[float]:
@@ -82,5 +83,5 @@ def report_generation(run_dir: Path, tracker: Any, space: SearchSpace, state: Ev
     write_json(run_dir / "history.json", state.history)
     write_json(run_dir / "candidates.json", [{k: v for k, v in c.items() if k != "x"} | {"x": c["x"]}
                                              for c in state.candidates])
-    png = plot_fitness(state.history, run_dir / "fitness.png", title=space.name)
+    png = plot_fitness(state.history, run_dir / FITNESS_PNG, title=space.name)
     tracker.image("evolve/fitness", png)

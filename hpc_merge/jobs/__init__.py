@@ -1,11 +1,10 @@
 """Job kinds (merge, moe, evolve): one module each, no cluster code inside.
 
-A job module has
-- ``validate(cfg: DictConfig) -> dict``: every check that can run before heavy work (raises
-  :class:`~hpc_merge.errors.ConfigError`); returns the *plan* (resolved paths, mergekit configs).
-- ``describe(cfg, plan) -> str``: the dry-run text (resolved recipe, findings, resource estimate).
-- ``run(cfg: DictConfig, plan: dict, run_dir: Path, tracker) -> dict``: does the work in the job
-  process and returns the result fields (``output_model``, ``metrics``...).
+A job module is a :class:`~hpc_merge.jobs.skeleton.JobModule`: ``validate(cfg) -> plan`` (every
+check that can run before heavy work), ``describe(cfg, plan) -> str`` (the dry-run text) and
+``run(cfg, plan, run_dir, tracker) -> dict`` (the work, in the job process; returns the result
+fields). Merge and MoE share their last steps (smoke test, evaluation report) through
+:mod:`~hpc_merge.jobs.skeleton`.
 
 :func:`run_job` is what executes inside the job process, locally or on a SLURM node.
 """
@@ -16,27 +15,26 @@ import importlib
 import time
 import traceback
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
-from hpc_merge.atomic import write_json
-from hpc_merge.joblog import tee_output
-from hpc_merge.status import heartbeat, update_status
+from hpc_merge.errors import ConfigError, did_you_mean
+from hpc_merge.jobs.skeleton import JobModule
+from hpc_merge.run.files import JOB_LOG, write_result
+from hpc_merge.run.joblog import tee_output
+from hpc_merge.run.status import heartbeat, update_status
+from hpc_merge.tracking import make_tracker
 
 KINDS = ("merge", "moe", "evolve")
-RESULT_FILE = "result.json"
 
 
-def job_module(kind: str) -> ModuleType:
+def job_module(kind: str) -> JobModule:
     """The module implementing job ``kind`` (imported lazily: keeps start-up fast)."""
     if kind not in KINDS:
-        from hpc_merge.errors import ConfigError, did_you_mean
-
         raise ConfigError("job.kind", f"unknown job kind {kind!r}{did_you_mean(kind, KINDS)}",
                           f"use one of {', '.join(KINDS)} (e.g. job=merge)")
-    return importlib.import_module(f"hpc_merge.jobs.{kind}")
+    return cast(JobModule, importlib.import_module(f"hpc_merge.jobs.{kind}"))
 
 
 def run_job(kind: str, cfg: dict[str, Any] | DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -47,13 +45,11 @@ def run_job(kind: str, cfg: dict[str, Any] | DictConfig, run_dir: str | Path) ->
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with tee_output(run_dir / "job.log"), heartbeat(run_dir):
+    with tee_output(run_dir / JOB_LOG), heartbeat(run_dir):
         return _run_job(kind, cfg, run_dir)
 
 
 def _run_job(kind: str, cfg: dict[str, Any] | DictConfig, run_dir: Path) -> dict[str, Any]:
-    from hpc_merge.tracking import make_tracker
-
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     mod = job_module(kind)
     t0 = time.time()
@@ -68,7 +64,7 @@ def _run_job(kind: str, cfg: dict[str, Any] | DictConfig, run_dir: Path) -> dict
     except BaseException as exc:
         failed = {"status": "failed", "kind": kind, "error": f"{type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc(), "timings": {"total_s": time.time() - t0}}
-        write_json(run_dir / RESULT_FILE, failed)
+        write_result(run_dir, failed)
         update_status(run_dir, state="failed", phase="failed", error=failed["error"])
         tracker.finish(exit_code=1)
         raise
@@ -77,6 +73,6 @@ def _run_job(kind: str, cfg: dict[str, Any] | DictConfig, run_dir: Path) -> dict
     tracker.summary({"total_s": result["timings"]["total_s"]})
     tracker.finish()
     result["wandb_run"] = str(tracker.run_path) if tracker.run_path else None
-    write_json(run_dir / RESULT_FILE, result)
+    write_result(run_dir, result)
     update_status(run_dir, state="ok", phase="done")
     return result

@@ -16,10 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from hpc_merge import console
 from hpc_merge.errors import ConfigError
+from hpc_merge.jobs.skeleton import ReportModel, finish_model, output_dir
 from hpc_merge.models.inputcheck import check_inputs
-from hpc_merge.moe.recipe import PROMPT_GATE_MODES, MoePlan, head_dim, read_config, validate_recipe
-from hpc_merge.outputs import check_output, output_hooks
-from hpc_merge.status import update_status
+from hpc_merge.moe.arch import head_dim, read_config
+from hpc_merge.moe.plan import MoePlan
+from hpc_merge.moe.recipe import PROMPT_GATE_MODES, validate_recipe
+from hpc_merge.run.outputs import check_output, output_hooks
+from hpc_merge.run.status import update_status
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -110,7 +113,7 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
     from hpc_merge.moe import build_moe
 
     p = MoePlan.from_dict(plan["moe"])
-    output = Path(plan["output"]) if plan.get("output") else run_dir / "model"
+    output = output_dir(cfg, run_dir)
     update_status(run_dir, phase="build_moe")
     gates = "fitting gates and writing" if p.gate_mode in PROMPT_GATE_MODES else "writing"
     with console.task(f"MoE: {gates} {len(p.experts)} experts"):
@@ -134,40 +137,20 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
         metrics["routing_own_prompts"] = rep
         tracker.log({"routing/own_prompts_accuracy": rep["accuracy"]})
 
-    smoke = cfg.job.get("smoke")
-    if smoke is not None and smoke.get("enabled", True):
-        from hpc_merge.smoke import smoke_inputs, smoke_test
-
-        update_status(run_dir, phase="smoke")
-        t0 = time.time()
-        refs = [p.base_ref, *(e.ref for e in (*p.experts, *p.shared_experts))]
-        inputs = smoke_inputs(refs, list(smoke.prompts) if smoke.get("prompts") else None, smoke.get("text"))
-        res = smoke_test(output, inputs, int(smoke.max_new_tokens))
-        timings["smoke_s"] = round(time.time() - t0, 3)
-        metrics.update(perplexity=res["perplexity"], n_params=res["n_params"], samples=res["samples"],
-                       smoke={k: res[k] for k in ("prompts_from", "perplexity_on")})
-        tracker.log({"smoke/perplexity": res["perplexity"], "smoke/n_params": res["n_params"]})
-    if cfg.get("eval") is not None and cfg.eval.get("enabled"):
-        metrics["report"] = _evaluate(cfg, p, output, run_dir, tracker)
+    refs = [p.base_ref, *(e.ref for e in (*p.experts, *p.shared_experts))]
+    finish_model(cfg, output, refs, _report_models(p, output), run_dir, tracker, timings, metrics)
     tracker.summary({k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
                     | {"build_time_s": timings["build_s"]})
     return {"output_model": str(output), "metrics": metrics, "timings": timings, "moe": info}
 
 
-def _evaluate(cfg: DictConfig, plan: MoePlan, output: Path, run_dir: Path, tracker: Any) -> list[dict]:
-    """Evaluation report: the base, every expert and the MoE on every task (same as merge jobs)."""
-    from hpc_merge.evaluate import load_tasks
-    from hpc_merge.report import merge_report
-
-    update_status(run_dir, phase="evaluate")
-    models = [("base", "base", plan.base_path)]
+def _report_models(plan: MoePlan, output: Path) -> list[ReportModel]:
+    """The evaluation report's rows: the base, every expert and the MoE (as merge jobs report)."""
+    models: list[ReportModel] = [("base", "base", plan.base_path)]
     seen = {plan.base_path}
     for e in (*plan.experts, *plan.shared_experts):
         if e.path not in seen:
             seen.add(e.path)
             models.append((e.ref.split(":")[-1].split("/")[-1], "source", e.path))
     models.append(("moe", "merged", str(output)))
-    ev = OmegaConf.to_container(cfg.eval, resolve=True)
-    tasks = load_tasks(list(ev.get("tasks") or ["zoo"]), size=ev.get("size", "full"))
-    return merge_report(run_dir, models, tasks, tracker=tracker, split=ev.get("split", "test"),
-                        limit=ev.get("limit"), batch_size=int(ev.get("batch_size") or 32))  # eval.limit was ignored
+    return models

@@ -21,7 +21,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from hpc_merge.monitor.reader import Reader, RunInfo, last_log_lines
+from hpc_merge.monitor.reader import Reader, RunInfo
+from hpc_merge.run.logs import last_log_lines
 
 SPARKS = "▁▂▃▄▅▆▇█"
 STYLE = {"pending": "yellow", "running": "cyan", "ok": "green", "failed": "red", "cancelled": "magenta",

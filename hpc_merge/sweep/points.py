@@ -29,7 +29,7 @@ class Point:
     plan: dict[str, Any] = field(default_factory=dict)
     error: ConfigError | None = None
     params: dict[str, Any] = field(default_factory=dict)
-    lock: Any = None  # the run dir's :class:`hpc_merge.runlock.RunLock` while this sweep holds it
+    lock: Any = None  # the run dir's :class:`hpc_merge.run.lock.RunLock` while this sweep holds it
 
     def label(self, keys: list[str]) -> str:
         """``density=0.3 epsilon=0.05``: the swept values (all overrides when nothing varies)."""

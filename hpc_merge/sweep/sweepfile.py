@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_merge.atomic import file_lock, write_json
-from hpc_merge.rundir import read_result
+from hpc_merge.run.files import read_result
 from hpc_merge.sweep.metrics import flat_metrics
 
 SWEEP_FILE = "sweep.json"
@@ -70,7 +70,7 @@ def update_point(sweep_dir: str | Path, index: int, **fields: Any) -> None:
 def point_from_run(point: dict[str, Any], info: Any | None) -> dict[str, Any]:
     """``point`` with state, phase, SLURM job and metrics read again from its run dir.
 
-    ``info`` is the monitor's :class:`~hpc_merge.monitor.reader.RunInfo` of the run dir (``None``
+    ``info`` is the monitor's :class:`~hpc_merge.run.reader.RunInfo` of the run dir (``None``
     when it has no files yet). A skipped point keeps its state; its metrics are the earlier run's.
     """
     point = dict(point)
@@ -87,7 +87,7 @@ def point_from_run(point: dict[str, Any], info: Any | None) -> dict[str, Any]:
 def refresh(sweep_dir: str | Path, reader: Any, write: bool = True) -> dict[str, Any]:
     """The sweep with every point's state and metrics read again from the run dirs (and SLURM).
 
-    ``reader`` is a :class:`~hpc_merge.monitor.reader.Reader` over the points' run dirs (kept by a
+    ``reader`` is a :class:`~hpc_merge.run.reader.Reader` over the points' run dirs (kept by a
     caller that refreshes often, so SLURM is asked at most every few seconds). ``write=False``
     only reads (a sweep folder someone cannot write to).
     """

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hpc_merge.launch.runner import JobRunner
+from hpc_merge.jobs.runner import JobRunner
 
 
 class SweepTask(JobRunner):
-    """:class:`~hpc_merge.launch.runner.JobRunner` for point ``index`` of the sweep in ``sweep_dir``."""
+    """:class:`~hpc_merge.jobs.runner.JobRunner` for point ``index`` of the sweep in ``sweep_dir``."""
 
     def __init__(self, kind: str, cfg: dict[str, Any], run_dir: str, sweep_dir: str, index: int,
                  env: dict[str, str] | None = None):

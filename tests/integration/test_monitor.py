@@ -207,7 +207,7 @@ def test_slurm_pending_job_then_cancelled(slurm_cluster, slow_models, tmp_path: 
 @pytest.mark.slurm
 def test_slurm_states_from_squeue_and_sacct(slurm_cluster, tmp_path: Path) -> None:
     """Live states (held array elements, a failed job) and one slurmctld has forgotten (sacct)."""
-    from hpc_merge.monitor.slurmq import query_states
+    from hpc_merge.procs.slurmq import query_states
 
     def sbatch(*args: str) -> str:
         return subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", f"--chdir={tmp_path}", *args],

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hpc_merge.owner import hostname
-from hpc_merge.runlock import LOCK_FILE, acquire
+from hpc_merge.procs.owner import hostname
+from hpc_merge.run.lock import LOCK_FILE, acquire
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 ARGS = ["logger=none", "models=tiny", "name=locked", "run_id=r1", "job.smoke.enabled=false"]
 HOLDER = """
 import sys, time
-from hpc_merge.runlock import acquire
+from hpc_merge.run.lock import acquire
 acquire(sys.argv[1])
 print("held", flush=True)
 time.sleep(600)
@@ -72,7 +72,7 @@ def test_a_pending_slurm_job_holds_the_run_dir_until_it_ends(slurm_cluster, tiny
         assert f"is in use by SLURM job {job_id}" in line and f"scancel {job_id}" in line
     finally:
         subprocess.run(["scancel", job_id], check=True, timeout=30)
-    from hpc_merge.owner import slurm_job_active
+    from hpc_merge.procs.owner import slurm_job_active
 
     deadline = time.monotonic() + 60
     while slurm_job_active(job_id) and time.monotonic() < deadline:  # the event: SLURM says it ended

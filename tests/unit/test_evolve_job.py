@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from hpc_merge.config import compose
 from hpc_merge.errors import ConfigError
 from hpc_merge.jobs import run_job
-from hpc_merge.status import read_status
+from hpc_merge.run.status import read_status
 
 TINY = ["+experiment=evolve_demo", "models=zoo_test", "evolve.fitness.size=test", "evolve.population=4",
         "evolve.workers=1", "evolve.budget.max_evaluations=8", "logger=none", "merge=balanced"]

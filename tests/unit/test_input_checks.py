@@ -15,7 +15,7 @@ import pytest
 
 from hpc_merge.app import main_guarded, run
 from hpc_merge.config import compose
-from hpc_merge.outputs import finish_output
+from hpc_merge.run.outputs import finish_output
 
 
 def _copy(src: Path, dest: Path) -> Path:

@@ -19,8 +19,8 @@ import pytest
 from hpc_merge.app import prepare, run
 from hpc_merge.atomic import remove_stale_siblings
 from hpc_merge.config import compose
-from hpc_merge.outputs import MARKER
-from hpc_merge.owner import hostname
+from hpc_merge.procs.owner import hostname
+from hpc_merge.run.outputs import MARKER
 
 WRITER = """
 import sys, time

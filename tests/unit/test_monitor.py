@@ -17,10 +17,13 @@ from rich.console import Console
 
 from hpc_merge.atomic import write_json
 from hpc_merge.monitor import main
-from hpc_merge.monitor.reader import Reader, classify, discover, last_log_lines, slurm_job_id
-from hpc_merge.monitor.slurmq import parse_sacct
+from hpc_merge.monitor.reader import Reader
 from hpc_merge.monitor.view import fmt_bytes, plain_snapshot, render, sparkline, split_keys, watch
-from hpc_merge.status import read_status, update_status
+from hpc_merge.procs.slurmq import parse_sacct
+from hpc_merge.run.files import discover
+from hpc_merge.run.logs import last_log_lines, slurm_job_id
+from hpc_merge.run.state import classify
+from hpc_merge.run.status import read_status, update_status
 
 HOST = socket.gethostname()
 
@@ -38,7 +41,7 @@ def _states(*roots: Path, **kw) -> dict[str, str]:
 
 def _writer(run: Path, *fields: str) -> subprocess.Popen:
     """A real job process: writes a running status through update_status, then keeps running."""
-    code = ("import sys, time; from hpc_merge.status import update_status; "
+    code = ("import sys, time; from hpc_merge.run.status import update_status; "
             f"update_status(sys.argv[1], state='running', phase='merge:final', {', '.join(fields)}); "
             "print('written', flush=True); time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)

@@ -16,7 +16,7 @@ import pytest
 
 from hpc_merge.app import main_guarded, run
 from hpc_merge.config import compose
-from hpc_merge.outputs import MARKER
+from hpc_merge.run.outputs import MARKER
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:

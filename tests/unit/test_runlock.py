@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hpc_merge.owner import hostname, process_start
-from hpc_merge.runlock import LOCK_FILE, RunLocked, acquire
+from hpc_merge.procs.owner import hostname, process_start
+from hpc_merge.run.lock import LOCK_FILE, RunLocked, acquire
 
 
 def _write_lock(run_dir: Path, **holder: object) -> None:

@@ -24,7 +24,8 @@ from omegaconf import DictConfig
 
 from hpc_merge.atomic import atomic_dir, size_text
 from hpc_merge.errors import ConfigError
-from hpc_merge.rundir import run_dir_for
+from hpc_merge.run.files import MODEL_DIR
+from hpc_merge.run.identity import run_dir_for
 
 #: Written into every model folder hpc_merge writes; ``force=true`` replaces only such folders.
 MARKER = ".hpc_merge_output"
@@ -57,7 +58,7 @@ def output_target(cfg: DictConfig) -> tuple[Path, Path]:
     """``(output folder, run dir)``, both absolute; the output defaults to ``<run_dir>/model``."""
     run_dir = run_dir_for(cfg)
     out = cfg.get("output")
-    return (Path(str(out)).expanduser().resolve() if out else run_dir / "model"), run_dir
+    return (Path(str(out)).expanduser().resolve() if out else run_dir / MODEL_DIR), run_dir
 
 
 def check_output(cfg: DictConfig, inputs: Mapping[str, str | Path], needed_bytes: float,

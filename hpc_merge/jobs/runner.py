@@ -8,13 +8,9 @@ from typing import Any
 
 import submitit
 
-
-def current_job_id() -> str | None:
-    """This process's SLURM job id as submitit names it (``123`` or ``123_4`` for an array task)."""
-    array_id, task_id = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array_id and task_id:
-        return f"{array_id}_{task_id}"
-    return os.environ.get("SLURM_JOB_ID")
+from hpc_merge.jobs import run_job
+from hpc_merge.procs.owner import slurm_job_id
+from hpc_merge.run.status import update_status
 
 
 class JobRunner(submitit.helpers.Checkpointable):
@@ -31,15 +27,11 @@ class JobRunner(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         """Record the SLURM job in the status file (from the job's own process), then run it."""
         os.environ.update(self.env)  # also exported by the batch script; this covers local executors
-        job_id = current_job_id()
+        job_id = slurm_job_id()
         if job_id:
-            from hpc_merge.status import update_status
-
             update_status(Path(self.run_dir), slurm_job_id=job_id, slurm_state="RUNNING",
                           slurm_node=os.environ.get("SLURMD_NODENAME"),
                           slurm_restarts=int(os.environ.get("SLURM_RESTART_COUNT") or 0))
-        from hpc_merge.jobs import run_job
-
         return run_job(self.kind, self.cfg, self.run_dir)
 
     def __repr__(self) -> str:

@@ -12,6 +12,8 @@ import os
 import socket
 from typing import Any
 
+from hpc_merge.procs.slurmq import ENDED, GONE, query_states
+
 
 def hostname() -> str:
     """This machine's name as recorded in owners (the short name: what SLURM shows too)."""
@@ -66,8 +68,6 @@ def pid_alive(pid: int, started: int | None = None) -> bool:
 
 def slurm_job_active(job_id: str) -> bool | None:
     """True while SLURM job ``job_id`` is pending or running, False once it ended, None if SLURM cannot say."""
-    from hpc_merge.monitor.slurmq import ENDED, GONE, query_states
-
     states = query_states([str(job_id)])
     if states is None:
         return None

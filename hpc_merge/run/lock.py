@@ -17,11 +17,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from hpc_merge import owner
 from hpc_merge.atomic import file_lock, write_json
 from hpc_merge.errors import ConfigError
-
-LOCK_FILE = "run.lock"
+from hpc_merge.procs import owner
+from hpc_merge.run.files import LOCK_FILE
 
 
 class RunLocked(ConfigError):

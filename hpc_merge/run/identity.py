@@ -1,4 +1,4 @@
-"""Run identity and run folders: the same resolved config -> the same run dir (skip or resume)."""
+"""Run identity: the same resolved config -> the same run dir (skip when done, resume when not)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hpc_merge.errors import ConfigError
+from hpc_merge.run.files import read_result
 
 #: Config sections that do not change a run's result: where it ran, how it was logged, flags.
 NOT_IN_IDENTITY = ("cluster", "logger", "force", "run_id", "hydra", "logs_dir", "name")
@@ -51,14 +52,6 @@ def run_dir_for(cfg: DictConfig) -> Path:
     run_id = path_component(run_id, "run_id") if run_id is not None else config_hash(cfg)
     name = path_component(cfg.get("name") or "default", "name")
     return (Path(str(cfg.logs_dir)) / str(cfg.job.kind) / name / run_id).resolve()
-
-
-def read_result(run_dir: Path) -> dict[str, Any] | None:
-    """The run's ``result.json``, if there is one."""
-    try:
-        return json.loads((run_dir / "result.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def reusable_result(run_dir: Path) -> dict[str, Any] | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import socket
 import threading
@@ -18,17 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from hpc_merge.atomic import write_json
+from hpc_merge.run.files import STATUS_FILE, read_json
 
-STATUS_FILE = "status.json"
 _lock = threading.Lock()
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:
     """The current status of a run (``{}`` if none yet)."""
-    try:
-        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+    return read_json(Path(run_dir) / STATUS_FILE)
 
 
 def update_status(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
