@@ -69,28 +69,31 @@ class CandidateEvaluator:
         if spec.in_memory:  # the skeleton is loaded exactly as evaluate_model loads a folder
             self.sources = {path: load_tensors(path) for path in sorted(set(spec.sources.values()))}
             self.model = load_model(donor).eval()
-        self._skeletons: dict[int, Any] = {}
+        self._skeletons: dict[tuple, Any] = {}
 
-    def _skeleton(self, merged: dict[str, Any]) -> Any:
+    def _skeleton(self, merged: dict[str, Any], config: dict[str, Any] | None = None) -> Any:
         """The model to load ``merged`` into: the donor's, or (a data-flow candidate with another
-        depth) one built from the donor's config with that many layers and ``layer_types`` to match,
-        as the written model's config would be. One per depth is kept (tiny next to the sources)."""
+        depth) one built from the donor's config with that many layers and its per-layer settings
+        fixed by the adapter's ``fix_output_config`` for the mergekit ``config`` (None: the donor's
+        pattern repeated), as the written model's config would be. One per layer structure is kept
+        (tiny next to the sources)."""
         n = 1 + max((int(k.split(".")[2]) for k in merged if k.startswith("model.layers.")), default=-1)
         if n == self.model.config.num_hidden_layers:
             return self.model
-        if n not in self._skeletons:
-            import copy
+        import copy
 
+        from hpc_merge.mergekit_adapter import fix_output_config, validate_with_mergekit
+
+        cfg = copy.deepcopy(self.model.config)
+        cfg.num_hidden_layers = n
+        fix_output_config(validate_with_mergekit(config) if config is not None else None, cfg)
+        key = (n, tuple(getattr(cfg, "layer_types", None) or ()), getattr(cfg, "first_k_dense_replace", None))
+        if key not in self._skeletons:
             import torch
             from transformers import AutoModelForCausalLM
 
-            cfg = copy.deepcopy(self.model.config)
-            types_ = getattr(cfg, "layer_types", None)
-            cfg.num_hidden_layers = n
-            if types_:
-                cfg.layer_types = [types_[i % len(types_)] for i in range(n)]
-            self._skeletons[n] = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-        return self._skeletons[n]
+            self._skeletons[key] = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+        return self._skeletons[key]
 
     def _config(self, recipe: dict[str, Any]) -> dict[str, Any]:
         from hpc_merge.mergekit_adapter import to_mergekit
@@ -112,7 +115,7 @@ class CandidateEvaluator:
 
             merged = merge_in_memory(config, self.sources, options, seed=seed)
             t1 = time.perf_counter()
-            model = self._skeleton(merged)
+            model = self._skeleton(merged, config)
             load_into(model, merged)
             del merged
             t2 = time.perf_counter()

@@ -13,23 +13,20 @@ workarounds for known mergekit bugs (see ``../shared/notes/mergekit-facts.md``):
   trim, ties broken by lowest index (``job.options.sparsify: fast``, the default; ``trim.py``);
 - mergekit's architecture tables name tensors transformers 5 does not write (Cohere without
   qk-norm, GPT-NeoX mask buffers) or lack a depth key (Qwen2-MoE) -> fixed, and what still cannot
-  merge correctly is refused at validation (``archsupport.py``, the architecture matrix);
+  merge correctly is refused at validation (``archfix.py``, ``archsupport.py``: the architecture matrix);
 - every input shard stays memory-mapped, so all its touched pages count in RSS -> read with
   ``pread`` into memory freed with the tensor (``reader.py``).
+
+Every runtime patch of mergekit (the workarounds above, the trim, the draws, the reader, the
+streamed writer, chunking, a split part's restriction, progress) is in ``patches.py``, applied by
+one context manager, ``mergekit_patches``, around every merge: on disk, chunked, split, in memory.
 """
 
-from hpc_merge.mergekit_adapter.archsupport import (
-    SUPPORT,
-    architecture_fixes,
-    architecture_info,
-    check_support,
-)
-from hpc_merge.mergekit_adapter.execute import (
-    copy_tokenizer_files,
-    donor_has_tokenizer,
-    merge_options,
-    run_mergekit,
-)
+from hpc_merge.mergekit_adapter.archfix import architecture_info
+from hpc_merge.mergekit_adapter.archsupport import SUPPORT, check_support
+from hpc_merge.mergekit_adapter.execute import copy_tokenizer_files, donor_has_tokenizer, run_mergekit
+from hpc_merge.mergekit_adapter.layerfix import fix_output_config
+from hpc_merge.mergekit_adapter.options import merge_options
 from hpc_merge.mergekit_adapter.recipe import (
     DTYPES,
     MODEL_KEYS,
@@ -41,10 +38,9 @@ from hpc_merge.mergekit_adapter.recipe import (
     method_specs,
 )
 from hpc_merge.mergekit_adapter.translate import model_refs, to_mergekit, validate_with_mergekit
-from hpc_merge.mergekit_adapter.trim import SPARSIFY_MODES, exact_magnitude, magnitude_trim, sparsify_mode
+from hpc_merge.mergekit_adapter.trim import SPARSIFY_MODES, exact_magnitude, sparsify_mode
 
 __all__ = ["check_recipe", "to_mergekit", "run_mergekit", "merge_options", "method_specs", "model_refs",
            "donor_has_tokenizer", "copy_tokenizer_files", "validate_with_mergekit", "DTYPES", "MODEL_KEYS",
            "OWN_KEYS", "RECIPE_KEYS", "SLICE_KEYS", "SOURCE_KEYS", "SPARSIFY_MODES", "exact_magnitude",
-           "magnitude_trim", "sparsify_mode", "SUPPORT", "architecture_fixes", "architecture_info",
-           "check_support"]
+           "sparsify_mode", "SUPPORT", "architecture_info", "check_support", "fix_output_config"]

@@ -1,7 +1,7 @@
-"""Which architectures merge correctly, the fixes that make them, and the check that refuses the rest.
+"""Which architectures merge correctly, and the validation check that refuses the rest.
 
-This is the one place that reads mergekit's architecture tables (``mergekit/_data/architectures``).
-mergekit 0.1.5 copies exactly the tensors its table for an architecture names: a table that asks
+With :mod:`~hpc_merge.mergekit_adapter.archfix`, the only place that reads mergekit's architecture
+tables (``mergekit/_data/architectures``). mergekit 0.1.5 copies exactly the tensors its table for an architecture names: a table that asks
 for a tensor transformers 5 does not write crashes the merge mid-job, and a checkpoint tensor the
 table does not name is silently left out of the output (transformers then initialises it at
 random). :data:`SUPPORT` is the single source of truth for what has been proven to work — the
@@ -9,31 +9,24 @@ architecture matrix test (``tests/integration/test_arch_matrix.py``) runs every 
 the README table is rendered from that run (``scripts/arch_matrix.py``) — and :func:`check_support`
 is what ``hpc-merge`` validation asks before anything runs.
 
-Fixes (applied by :func:`architecture_fixes` around every merge and by the validation check):
-
-- Cohere without qk-norm: the table always asks for ``self_attn.q_norm``/``k_norm``; dropped when
-  ``use_qk_norm`` is false (transformers 5 then has no such weights).
-- GPT-NeoX: the table asks for ``attention.bias``/``masked_bias``/``rotary_emb.inv_freq``, buffers
-  transformers 5 neither has nor writes; dropped (older checkpoints that still hold them merge too).
-- No table at all (Qwen2-MoE): mergekit infers the tensor names from the checkpoint but then has
-  no config key for the depth, so a passthrough that changes the layer count wrote a config with
-  the old ``num_hidden_layers`` (transformers silently ignored the extra layers); the layer count
-  is read from ``num_hidden_layers``.
+The fixes that make mergekit's tables fit transformers 5 are in
+:mod:`~hpc_merge.mergekit_adapter.archfix`; the per-layer structure of sliced merges (output config
+and its validation rule) in :mod:`~hpc_merge.mergekit_adapter.layerfix`. This module holds the
+table of what is supported and the validation check that applies all of them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import re
 import struct
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hpc_merge.errors import ConfigError
+from hpc_merge.mergekit_adapter.archfix import fix_architecture
+from hpc_merge.mergekit_adapter.layerfix import check_layer_structure
+from hpc_merge.mergekit_adapter.translate import model_refs
 
 #: Matrix columns: mergekit methods as the shipped recipes use them, a union-vocabulary merge,
 #: a depth-changing passthrough and the identity proofs.
@@ -103,200 +96,6 @@ def expected(model_type: str, cell: str) -> tuple[str, str]:
     return ("refused", reason) if reason else ("ok", "")
 
 
-# ---------------------------------------------------------------- fixes to mergekit's tables
-
-@dataclass(frozen=True)
-class _Drop:
-    """Table entries transformers 5 does not write for configs where ``applies(config)`` holds."""
-
-    pattern: re.Pattern[str]
-    applies: Callable[[Any], bool]
-
-
-_DROPS: dict[str, _Drop] = {
-    "cohere": _Drop(re.compile(r"\.self_attn\.[qk]_norm\.weight$"), lambda c: not getattr(c, "use_qk_norm", False)),
-    "gpt_neox": _Drop(re.compile(r"\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)$"), lambda c: True),
-}
-
-
-@functools.cache
-def _module_class() -> type:
-    """A ``ModuleArchitecture`` that filters another one's weights and/or fixes its depth key."""
-    from mergekit.architecture.base import ModuleArchitecture
-
-    class FixedModuleArchitecture(ModuleArchitecture):
-        def __init__(self, inner: Any, drop: re.Pattern[str] | None, layers_key: str | None):
-            self.inner, self.drop, self.layers_key = inner, drop, layers_key
-
-        def _keep(self, weights: list[Any] | None) -> list[Any] | None:
-            if weights is None or self.drop is None:
-                return weights
-            return [w for w in weights if not self.drop.search(w.name)]
-
-        def pre_weights(self, config: Any) -> list[Any]:
-            return self._keep(self.inner.pre_weights(config))
-
-        def post_weights(self, config: Any) -> list[Any]:
-            return self._keep(self.inner.post_weights(config))
-
-        def layer_weights(self, index: int, config: Any) -> list[Any] | None:
-            return self._keep(self.inner.layer_weights(index, config))
-
-        def num_layers_config_key(self) -> str:
-            return self.layers_key or self.inner.num_layers_config_key()
-
-        def num_layers(self, config: Any) -> int:
-            if self.layers_key:
-                return int(getattr(config, self.layers_key))
-            return self.inner.num_layers(config)
-
-    return FixedModuleArchitecture
-
-
-def fix_architecture(arch_info: Any, config: Any) -> Any:
-    """mergekit's ``ModelArchitecture`` for ``config`` with our fixes applied (or unchanged)."""
-    from mergekit.architecture.base import ModuleDefinition
-
-    model_type = getattr(config, "model_type", "")
-    drop = _DROPS.get(model_type)
-    pattern = drop.pattern if drop and drop.applies(config) else None
-    modules, changed = {}, False
-    for name, mod in arch_info.modules.items():
-        inner = mod.architecture
-        layers_key = None
-        if _inferred(inner) and getattr(config, "num_hidden_layers", None) is not None:
-            layers_key = "num_hidden_layers"
-        if pattern is None and layers_key is None:
-            modules[name] = mod
-            continue
-        fixed = _module_class()(inner, pattern, layers_key)
-        modules[name] = ModuleDefinition(architecture=fixed, weight_prefix=mod.weight_prefix, subfolder=mod.subfolder)
-        changed = True
-    return arch_info.model_copy(update={"modules": modules}) if changed else arch_info
-
-
-def _inferred(module_arch: Any) -> bool:
-    """True for a module mergekit inferred from tensor names (no table: no config key for depth)."""
-    definition = getattr(module_arch, "definition", None)
-    return definition is not None and not definition.num_layers_config_key and \
-        getattr(definition, "override_num_layers", None) is not None
-
-
-def architecture_info(merge_config: Any, options: Any, lookup: Callable[[Any, Any], Any] | None = None) -> Any:
-    """mergekit's ``get_architecture_info`` for a merge, with the fixes for its output config's architecture."""
-    if lookup is None:
-        from mergekit.architecture import get_architecture_info as lookup
-    info = lookup(merge_config, options)
-    donor = merge_config.base_model or merge_config.referenced_models()[0]
-    return fix_architecture(info, donor.config(trust_remote_code=options.trust_remote_code))
-
-
-@contextlib.contextmanager
-def architecture_fixes() -> Iterator[None]:
-    """Within the block, mergekit's ``run_merge`` plans with the fixed architecture tables."""
-    import mergekit.merge
-
-    real = mergekit.merge.get_architecture_info
-    mergekit.merge.get_architecture_info = lambda merge_config, options: architecture_info(merge_config, options, real)
-    try:
-        yield
-    finally:
-        mergekit.merge.get_architecture_info = real
-
-
-# ---------------------------------------------------------------- per-layer structure of a sliced merge
-
-def _layer_kinds(config: Any) -> list[str] | None:
-    """Which layers hold a dense MLP and which an MoE block, for configs that derive it from indices."""
-    n = getattr(config, "num_hidden_layers", None)
-    if not n:
-        return None
-    if config.model_type == "glm4_moe":
-        return ["dense" if i < config.first_k_dense_replace else "moe" for i in range(n)]
-    if config.model_type in ("qwen2_moe", "qwen3_moe"):
-        return ["moe" if i not in (config.mlp_only_layers or []) and config.num_experts > 0
-                and (i + 1) % config.decoder_sparse_step == 0 else "dense" for i in range(n)]
-    return None
-
-
-def carried_layers(sources: list[tuple[Any, int, int]]) -> tuple[list[str] | None, list[str] | None]:
-    """``(layer_types, dense/moe kinds)`` the output layers of a sliced merge carry from their sources.
-
-    ``sources`` is ``(config, start, end)`` per slice (its first source: the one passthrough
-    copies). An output layer is its source layer: a sliding-window, conv or Mamba layer stays one,
-    whatever the donor's pattern would say at its new position. None where a source has no such list.
-    """
-    types: list[str] | None = []
-    kinds: list[str] | None = []
-    for config, start, end in sources:
-        t, k = getattr(config, "layer_types", None), _layer_kinds(config)
-        types = types + list(t[start:end]) if types is not None and isinstance(t, list) else None
-        kinds = kinds + k[start:end] if kinds is not None and k is not None else None
-    return types, kinds
-
-
-def _dense_prefix(kinds: list[str]) -> int | None:
-    """k when ``kinds`` is k dense layers then only MoE layers (GLM-4-MoE's only form), else None."""
-    k = kinds.index("moe") if "moe" in kinds else len(kinds)
-    return k if all(x == "moe" for x in kinds[k:]) else None
-
-
-def fix_output_config(merge_config: Any, config: Any) -> None:
-    """Make the output config of a merge describe its layers (called on mergekit's output config).
-
-    A sliced merge (passthrough) sets ``num_hidden_layers`` but keeps the donor's per-layer
-    settings: transformers 5 refuses a ``layer_types`` of the old length, and a layer moved to a
-    position where the donor's pattern says otherwise (a Mamba layer where attention was, a dense
-    MLP where an MoE block was) loads with its weights missing — random values. ``layer_types``
-    and GLM-4-MoE's ``first_k_dense_replace`` are set from the source layers (Qwen-MoE models with
-    dense layers are refused at validation); a depth change without slices repeats the donor's
-    ``layer_types`` pattern.
-    """
-    n = getattr(config, "num_hidden_layers", None)
-    stored = isinstance(vars(config).get("layer_types"), list)  # Mamba derives it (read-only property)
-    if merge_config.slices and n:
-        sources = [(s.sources[0].model.config(), *s.sources[0].layer_range) for s in merge_config.slices]
-        types, kinds = carried_layers(sources)
-        if types is not None and len(types) == n and stored:
-            config.layer_types = types
-        if kinds is not None and len(kinds) == n and config.model_type == "glm4_moe":
-            k = _dense_prefix(kinds)
-            if k is None:  # refused at validation (check_support); never write such a model
-                raise RuntimeError("glm4_moe: dense layers after MoE layers cannot be described by its config")
-            config.first_k_dense_replace = k
-    types_ = getattr(config, "layer_types", None)
-    if stored and types_ and n and len(types_) != n:
-        config.layer_types = [types_[i % len(types_)] for i in range(n)]
-
-
-def _check_layer_structure(recipe: dict[str, Any], config: Any, ref_paths: dict[str, Path], field: str,
-                           ref_field: str) -> None:
-    """Qwen-MoE models have no dense layers (mergekit cannot merge them); a sliced GLM-4-MoE
-    merge keeps its dense layers first (its config cannot say otherwise)."""
-    model_type = config.model_type
-    if model_type in ("qwen2_moe", "qwen3_moe") and "dense" in (_layer_kinds(config) or []):
-        raise ConfigError(ref_field, f"architecture {model_type}: the model has dense-MLP layers (mlp_only_layers / "
-                          "decoder_sparse_step); mergekit 0.1.5 merges Qwen-MoE models only when every layer is MoE "
-                          "(it would crash mid-job or drop the experts)", "merge an all-MoE checkpoint")
-    if model_type != "glm4_moe" or not recipe.get("slices"):
-        return
-    from transformers import AutoConfig
-
-    sources = []
-    for sl in recipe["slices"]:
-        src = sl["sources"][0]
-        path = ref_paths.get(str(src["model"]))
-        if path is None:
-            return  # an earlier stage's output: not built yet
-        sources.append((AutoConfig.from_pretrained(str(path)), *src["layer_range"]))
-    _, kinds = carried_layers(sources)
-    if kinds is not None and _dense_prefix(kinds) is None:
-        raise ConfigError(f"{field}.slices", f"architecture glm4_moe: this passthrough puts dense-MLP layers after MoE "
-                          f"layers ({' '.join(k[0] for k in kinds)}; d = dense, m = MoE), which its config "
-                          "(first_k_dense_replace) cannot describe",
-                          "keep the source's first dense layers at the start of the stack")
-
-
 # ---------------------------------------------------------------- the validation check
 
 def recipe_cells(recipe: dict[str, Any], layers: int | None) -> list[str]:
@@ -340,10 +139,8 @@ def check_support(paths: dict[str, Path], recipe: dict[str, Any], field: str) ->
                           "use a supported architecture (see the README's architecture table)")
     else:
         findings = [f"architecture {model_type}: mergekit has a table for it, but hpc_merge has not tested it"]
-    from hpc_merge.mergekit_adapter.translate import model_refs
-
     ref_paths = {ref: paths[f"{field}.{sub}"] for sub, ref in model_refs(recipe) if f"{field}.{sub}" in paths}
-    _check_layer_structure(recipe, config, ref_paths, field, ref_field)
+    check_layer_structure(recipe, config, ref_paths, field, ref_field)
     if info is not None:
         info = fix_architecture(info, config)
         _check_tensors(info, config, paths, model_type)

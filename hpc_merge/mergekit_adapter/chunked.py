@@ -5,7 +5,8 @@ working copies (a stack for linear; task vectors, sign masks and products for TI
 memory at once. For the embedding of a 0.5B model (260 MiB in bf16, 28 % of its single shard)
 that is most of the merge's peak RSS (measured: linear 2.4 ×, TIES 3.5 × the largest input shard).
 
-What: while :func:`chunk_large_tensors` is active, the planner's task for a large tensor of a
+What: with the plan transform :func:`chunk_plan` (installed for ``chunk_size > 0`` by
+:func:`~hpc_merge.mergekit_adapter.patches.mergekit_patches`), the planner's task for a large tensor of a
 row-separable method is replaced by :class:`ChunkedMerge`, which has no input tensors in the
 graph: it reads ``chunk_size`` bytes of rows per input at a time (``PreadSafetensors.get_rows``),
 runs the *same* mergekit method task on those rows and copies the result into the output tensor.
@@ -27,7 +28,7 @@ stream (``sparsify: mergekit``), tokenizer-aligned vocabularies, inputs that are
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,7 +45,6 @@ ROW_SEPARABLE = ("linear", "task_arithmetic", "ties", "passthrough", "nearswap",
                  "della", "della_linear")
 RANDOM = ("dare_ties", "dare_linear", "della", "della_linear")  # chunked only with counter-based draws (sparsify: fast)
 PER_ROW = ("della", "della_linear")  # rank magnitudes within each row: 2-D tensors only, rows never split
-DEFAULT_CHUNK_SIZE = "16M"
 _FLOAT = {"bfloat16", "float16", "float32", "float64"}
 
 
@@ -206,32 +206,22 @@ def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers) -> C
                         rescaled=random and bool(params.get("rescale", True)))
 
 
-@contextlib.contextmanager
-def chunk_large_tensors(chunk_bytes: int, trim_mode: str) -> Iterator[list[str]]:
-    """Inside the block, mergekit's planner merges tensors above ``chunk_bytes`` in row chunks.
+def chunk_plan(chunk_bytes: int, trim_mode: str, names: list[str]) -> Callable[[list[tuple[Any, Any]]], list[tuple[Any, Any]]]:
+    """The plan transform that merges tensors above ``chunk_bytes`` in row chunks (see module doc).
 
-    Yields the list the planner fills with the names of the chunked tensors (for the report/tests).
-    ``chunk_bytes <= 0`` leaves the plan unchanged.
+    Applied by the one planner hook (:func:`~hpc_merge.mergekit_adapter.patches.planner_hook`) after
+    a split part's restriction; appends the names of the chunked tensors to ``names`` (for the
+    report and tests).
     """
-    from mergekit.plan import MergePlanner
 
-    names: list[str] = []
-    real = MergePlanner._plan
-    if chunk_bytes <= 0:
-        yield names
-        return
-
-    def _plan(planner: MergePlanner) -> None:
-        real(planner)
+    def chunk(planned: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
         headers = _Headers()
-        for i, (weight, task) in enumerate(planner._tensors):
+        out = []
+        for weight, task in planned:
             replacement = chunked(task, chunk_bytes, trim_mode, headers)
             if replacement is not None:
-                planner._tensors[i] = (weight, replacement)
                 names.append(weight.name)
+            out.append((weight, task if replacement is None else replacement))
+        return out
 
-    MergePlanner._plan = _plan
-    try:
-        yield names
-    finally:
-        MergePlanner._plan = real
+    return chunk

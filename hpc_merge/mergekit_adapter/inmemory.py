@@ -10,20 +10,26 @@ workers; it lives in the adapter because it reaches into mergekit's planner and 
 
 mergekit reads a model's ``config.json`` again every time it asks for it (16 times per merge of a
 five-model recipe, ≈ 0.6 ms each); inside ``merge_in_memory`` each is read once and handed out
-as a copy (:func:`cached_configs`), since the sources of an in-memory merge do not change.
+as a copy (``patches.cached_configs``), since the sources of an in-memory merge do not change.
+Both the loaders and the config cache are installed by ``patches.mergekit_patches``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
+from mergekit.common import dtype_from_name
+from mergekit.graph import Executor
+from mergekit.merge import _model_out_config
+from mergekit.plan import MergePlanner
+
+from hpc_merge.mergekit_adapter.archfix import architecture_info
+from hpc_merge.mergekit_adapter.options import merge_options
+from hpc_merge.mergekit_adapter.patches import mergekit_patches
+from hpc_merge.mergekit_adapter.translate import validate_with_mergekit
 
 Tensors = dict[str, torch.Tensor]
 
@@ -59,64 +65,15 @@ def load_tensors(model_dir: str | Path) -> Tensors:
     return out
 
 
-@contextlib.contextmanager
-def memory_loaders(merge_config: Any, sources: dict[str, Tensors]) -> Iterator[None]:
-    """Serve every model ``merge_config`` references from ``sources`` (keyed by its path)."""
-    from mergekit.io.tasks import LoaderCache
-
-    cache = LoaderCache()
-    cache.loaders.clear()
+def memory_loaders(merge_config: Any, sources: dict[str, Tensors]) -> dict[Any, MemoryLoader]:
+    """A loader for every model ``merge_config`` references, serving ``sources`` (keyed by its path)."""
+    loaders = {}
     for ref in merge_config.referenced_models():
         path = str(ref.model.path)
         if path not in sources:
             raise KeyError(f"model {path} is not loaded in this worker")
-        cache.loaders[ref] = MemoryLoader(sources[path], path)
-    try:
-        yield
-    finally:
-        cache.loaders.clear()
-
-
-#: (path, revision, override_architecture, trust_remote_code, config.json's mtime and size) -> config
-_CONFIGS: dict[tuple, Any] = {}
-
-
-def _config_stamp(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(os.path.join(path, "config.json"))
-    except OSError:  # not a local folder (hub id, LoRA...): leave it to mergekit
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
-@contextlib.contextmanager
-def cached_configs() -> Iterator[None]:
-    """Inside the block ``ModelReference.config`` reads each local ``config.json`` once; callers get copies.
-
-    mergekit mutates the config it gets (``_model_out_config``), hence the copies; the key holds
-    the file's mtime and size, so a rewritten model is read again.
-    """
-    from mergekit.common import ModelReference
-
-    real = ModelReference.config
-
-    def config(self: Any, trust_remote_code: bool = False) -> Any:
-        path = str(self.model.path)
-        stamp = _config_stamp(path) if self.lora is None else None
-        if stamp is None:
-            return real(self, trust_remote_code)
-        key = (path, self.model.revision, self.override_architecture, bool(trust_remote_code), stamp)
-        if key not in _CONFIGS:
-            if len(_CONFIGS) > 64:
-                _CONFIGS.clear()
-            _CONFIGS[key] = real(self, trust_remote_code)
-        return copy.deepcopy(_CONFIGS[key])
-
-    ModelReference.config = config
-    try:
-        yield
-    finally:
-        ModelReference.config = real
+        loaders[ref] = MemoryLoader(sources[path], path)
+    return loaders
 
 
 def merge_in_memory(config: dict[str, Any], sources: dict[str, Tensors], options: dict[str, Any],
@@ -127,30 +84,16 @@ def merge_in_memory(config: dict[str, Any], sources: dict[str, Tensors], options
     ``random_seed``; the result is keyed by checkpoint tensor name.
     """
     import transformers
-    from mergekit.common import dtype_from_name
-    from mergekit.graph import Executor
-    from mergekit.merge import _model_out_config
-    from mergekit.plan import MergePlanner
-
-    from hpc_merge.mergekit_adapter import (
-        architecture_info,
-        magnitude_trim,
-        merge_options,
-        sparsify_mode,
-        validate_with_mergekit,
-    )
 
     merge_config = validate_with_mergekit(config)
-    trim = sparsify_mode(options)  # the same TIES trim as run_mergekit, so memory == disk
-    opts = merge_options({k: v for k, v in options.items() if k != "sparsify"})
+    opts = merge_options(options)
     if seed is not None:
         transformers.trainer_utils.set_seed(int(seed))
-    from hpc_merge.mergekit_adapter.random_sparsify import counter_random
-
-    # the same random draws as run_mergekit (counter-based, keyed by seed and tensor name), so memory == disk
-    draws = counter_random(int(seed) if seed is not None else opts.random_seed, trim)
-    with magnitude_trim(trim), draws, memory_loaders(merge_config, sources), cached_configs():
-        arch = architecture_info(merge_config, opts)  # mergekit's table with our fixes (archsupport.py)
+    # the same TIES trim and random draws (counter-based, keyed by seed and tensor name) as
+    # run_mergekit, so memory == disk; mergekit's loaders serve the preloaded sources
+    with mergekit_patches(options, opts, loaders=memory_loaders(merge_config, sources),
+                          seed=int(seed) if seed is not None else None):
+        arch = architecture_info(merge_config, opts)  # mergekit's table with our fixes (archfix.py)
         out_cfg = _model_out_config(merge_config, arch, trust_remote_code=opts.trust_remote_code)
         planner = MergePlanner(merge_config, arch, options=opts, out_model_config=out_cfg)
         # plan_in_memory() wraps each task in ReturnTensor, whose pydantic field Task[Tensor] fails

@@ -7,7 +7,7 @@ chunks, or in another order, or split over processes, the same recipe would give
 Its rescaling (``rescale: true``, the default) matches the L1 norm of the whole task vector, which
 a row chunk does not have either.
 
-What: while :func:`counter_random` is active (``job.options.sparsify: fast``, the default), the
+What: while ``patches.counter_random`` is active (``job.options.sparsify: fast``, the default), the
 keep decision of element ``i`` of task vector ``v`` of tensor ``name`` is bits of
 ``hash32(i // 2)`` (two 16-bit draws per 32-bit hash; ``lowbias32`` of the index mixed with a key
 from BLAKE2b of ``(random_seed, name, v)``): kept iff the draw is below ``round(density · 65536)``
@@ -67,7 +67,7 @@ class Site:
 
 
 SITE: contextvars.ContextVar[Site | None] = contextvars.ContextVar("hpc_merge_random_site", default=None)
-#: the merge's ``random_seed`` while :func:`counter_random` is active (None: mergekit's own draws)
+#: the merge's ``random_seed`` while ``patches.counter_random`` is active (None: mergekit's own draws)
 SEED: contextvars.ContextVar[int | None] = contextvars.ContextVar("hpc_merge_random_seed", default=None)
 
 
@@ -325,37 +325,3 @@ def at(site: Site) -> Iterator[Site]:
         yield site
     finally:
         SITE.reset(token)
-
-
-@contextlib.contextmanager
-def counter_random(seed: int | None, mode: str = "fast") -> Iterator[None]:
-    """Inside the block DARE draws its masks with :func:`counter_bernoulli` (``mode`` fast).
-
-    Every planned merge task runs with its tensor's name as the site unless a chunked merge set a
-    finer one (row offset, streamed norms).
-    """
-    import mergekit.sparsify
-    from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
-
-    if mode == "mergekit":
-        yield
-        return
-    real = (mergekit.sparsify.bernoulli, mergekit.sparsify.della_magprune, ExecuteMergeMethodTask.execute)
-    real_execute = real[2]
-
-    def execute(self: ExecuteMergeMethodTask, **kwargs: Any) -> Any:
-        site = SITE.get()
-        if site is not None and site.name == self.output_weight.name:  # a chunk: the chunked merge set it
-            site.calls = 0
-            return real_execute(self, **kwargs)
-        with at(Site(seed=seed or 0, name=self.output_weight.name)):
-            return real_execute(self, **kwargs)
-
-    mergekit.sparsify.bernoulli, mergekit.sparsify.della_magprune = counter_bernoulli, counter_della
-    ExecuteMergeMethodTask.execute = execute
-    token = SEED.set(seed or 0)
-    try:
-        yield
-    finally:
-        mergekit.sparsify.bernoulli, mergekit.sparsify.della_magprune, ExecuteMergeMethodTask.execute = real
-        SEED.reset(token)

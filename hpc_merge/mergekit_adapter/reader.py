@@ -11,17 +11,15 @@ What: :class:`PreadSafetensors` exposes the two methods mergekit uses (``keys``,
 and reads one tensor's bytes into freshly allocated memory with ``os.preadv``; the pages are then
 freed as soon as mergekit drops the tensor. The file still goes through the page cache (free,
 reclaimable memory that is not charged to the process's RSS). The bytes are the same, so merges
-are bit-identical (tested). It is installed by ``run_mergekit`` around the merge for CPU loads of
-``.safetensors`` shards; GPU loads (``read_to_gpu``) and ``.bin`` inputs keep mergekit's loaders.
+are bit-identical (tested). It is installed by ``patches.pread_inputs`` around every on-disk merge
+for CPU loads of ``.safetensors`` shards; GPU loads (``read_to_gpu``) and ``.bin`` inputs keep mergekit's loaders.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import struct
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -101,25 +99,3 @@ class PreadSafetensors:
 
     def __del__(self) -> None:
         self.close()
-
-
-@contextlib.contextmanager
-def pread_inputs() -> Iterator[None]:
-    """Inside the block, mergekit opens CPU ``.safetensors`` shards with :class:`PreadSafetensors`."""
-    from mergekit.io.loader import TensorLoader
-
-    real = TensorLoader.__dict__["get"]
-
-    def get(cls: type, shard_path: str, use_lazy_unpickle: bool = False, device: str | None = None) -> Any:
-        if shard_path.lower().endswith(".safetensors") and (device or "cpu") == "cpu":
-            reader = PreadSafetensors(shard_path)
-            if reader.supported():
-                return reader
-            reader.close()
-        return real.__func__(cls, shard_path, use_lazy_unpickle=use_lazy_unpickle, device=device)
-
-    TensorLoader.get = classmethod(get)
-    try:
-        yield
-    finally:
-        TensorLoader.get = real

@@ -1,18 +1,21 @@
-"""The output tensors a merge plans, and a merge restricted to some of them (a split merge's part).
+"""The output tensors a merge plans, with the bytes each one reads (to split a merge into parts).
 
 Why: mergekit merges tensor by tensor, so one merge can be split by output tensor over several
 processes or SLURM tasks (:mod:`hpc_merge.split`). Splitting needs the planned output names with
 the bytes each one reads (to balance the parts), and each part needs the same planned tasks as
-the whole merge, only for its own tensors. Both come from mergekit's own ``MergePlanner``, so a
-part computes exactly what the whole merge would (same method task, same chunking, same writer).
+the whole merge, only for its own tensors (``only_tensors`` of
+:func:`~hpc_merge.mergekit_adapter.patches.mergekit_patches`). Both come from mergekit's own
+``MergePlanner``, so a part computes exactly what the whole merge would (same method task, same
+chunking, same writer).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Collection, Iterator
 from typing import Any
 
+from hpc_merge.mergekit_adapter.archfix import architecture_info
+from hpc_merge.mergekit_adapter.options import merge_options
+from hpc_merge.mergekit_adapter.patches import fresh_loader_cache
 from hpc_merge.mergekit_adapter.translate import validate_with_mergekit
 
 
@@ -26,24 +29,17 @@ def planned_tensors(config: dict[str, Any], options: dict[str, Any]) -> list[tup
     from mergekit.io.tasks import LoaderCache
     from mergekit.plan import MergePlanner
 
-    from hpc_merge.mergekit_adapter.archsupport import architecture_info
-    from hpc_merge.mergekit_adapter.execute import merge_options
-
     merge_config = validate_with_mergekit(config)
     mk_options = merge_options(options)
     arch_info = architecture_info(merge_config, mk_options)
-    LoaderCache.loaders.clear()
-    cache = LoaderCache()
-    cache.setup(options=mk_options)
-    try:
+    with fresh_loader_cache():
+        LoaderCache().setup(options=mk_options)
         cfg_out = mergekit.merge._model_out_config(merge_config, arch_info,
                                                    trust_remote_code=mk_options.trust_remote_code)
         planner = MergePlanner(merge_config, arch_info, options=mk_options, out_model_config=cfg_out)
         planner._plan()
         sizes = _StoredSizes()
         return [(weight.name, sum(sizes.of(load) for load in _loads(task))) for weight, task in planner._tensors]
-    finally:
-        LoaderCache.loaders.clear()
 
 
 def _loads(task: Any) -> list[Any]:
@@ -86,34 +82,3 @@ class _StoredSizes:
                 self.headers[path] = json.loads(fh.read(n))
         start, stop = self.headers[path][name]["data_offsets"]
         return int(stop) - int(start)
-
-
-@contextlib.contextmanager
-def restrict_plan(names: Collection[str] | None) -> Iterator[None]:
-    """Inside the block, mergekit's planner keeps only the output tensors in ``names`` (None: all).
-
-    Entered before the other planner hooks (chunking, the streamed writer's header bound), so they
-    see the restricted plan. A name the planner does not produce is an error: the part was
-    planned for another merge.
-    """
-    from mergekit.plan import MergePlanner
-
-    if names is None:
-        yield
-        return
-    wanted = set(names)
-    real = MergePlanner._plan
-
-    def _plan(planner: MergePlanner) -> None:
-        real(planner)
-        planned = {weight.name for weight, _task in planner._tensors}
-        missing = sorted(wanted - planned)
-        if missing:
-            raise RuntimeError(f"{len(missing)} tensor(s) of this part are not in the merge's plan, e.g. {missing[0]!r}")
-        planner._tensors = [(w, t) for w, t in planner._tensors if w.name in wanted]
-
-    MergePlanner._plan = _plan
-    try:
-        yield
-    finally:
-        MergePlanner._plan = real

@@ -21,15 +21,12 @@ they use the counter-based draws of :mod:`~hpc_merge.mergekit_adapter.random_spa
 by ``run_mergekit`` beside this trim); ``sce`` keeps its own ``topk``.
 
 ``job.options.sparsify``: ``fast`` (default) installs this trim around the merge; ``mergekit``
-leaves mergekit's argsort in place (output bit-identical to ``mergekit-yaml``). ``run_mergekit``
-installs it; a caller that runs mergekit's executor itself (the in-memory evolution merge) must wrap
-it in ``magnitude_trim(sparsify_mode(options))`` to merge the same tensors.
+leaves mergekit's argsort in place (output bit-identical to ``mergekit-yaml``). ``mergekit_patches``
+(``patches.py``) installs it around every merge, on disk and in memory.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from hpc_merge.errors import ConfigError
@@ -212,23 +209,3 @@ def exact_magnitude(tensor: torch.Tensor, density: float, rescale_norm: Any = No
         return torch.zeros_like(tensor)
     mask = magnitude_mask(tensor, density).to(tensor.dtype)
     return rescaled_masked_tensor(tensor, mask, rescale_norm)
-
-
-@contextlib.contextmanager
-def magnitude_trim(mode: str = DEFAULT_SPARSIFY) -> Iterator[None]:
-    """Use the exact-k trims for ``magnitude`` and ``magnitude_outliers`` inside the block (``fast``), restored after.
-
-    ``mergekit.sparsify.sparsify`` looks ``magnitude`` up in its module at call time, so replacing
-    the module attribute reaches every merge method that trims by magnitude.
-    """
-    import mergekit.sparsify
-
-    if mode == "mergekit":
-        yield
-        return
-    real = mergekit.sparsify.magnitude, mergekit.sparsify.magnitude_outliers
-    mergekit.sparsify.magnitude, mergekit.sparsify.magnitude_outliers = exact_magnitude, exact_outliers
-    try:
-        yield
-    finally:
-        mergekit.sparsify.magnitude, mergekit.sparsify.magnitude_outliers = real

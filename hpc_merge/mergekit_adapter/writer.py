@@ -10,13 +10,14 @@ What: :class:`StreamingTensorWriter` writes each tensor's bytes into the shard f
 (the tensor is then free), behind room left for the safetensors header. A background thread does
 the ``pwrite`` while the merge computes the next tensors (at most 128 MiB queued): writing 1 GB
 into the page cache took ≈ 2 s of a 0.5B TIES merge when done in line. The room is an upper bound
-computed from the names of every tensor the merge plans to write (:func:`stream_writes` reads
+computed from the names of every tensor the merge plans to write (:func:`reserve_headers` reads
 them off mergekit's planner): when the shard is complete its header is written in front, padded
 with spaces to the reserved size, which the format allows. Should a header not fit (more than 8
 dimensions, or no plan seen), the shard is rewritten once behind its exact header (a kernel-side
 ``copy_file_range`` where the filesystem has it). Shard names, the index file and the final renames
 are mergekit's own (this is a subclass); the files load tensor-for-tensor equal to ``save_file``'s
-(tested). Installed by ``run_mergekit`` for safetensors output.
+(tested). Installed by :func:`~hpc_merge.mergekit_adapter.patches.stream_writes` (part of every
+on-disk merge) for safetensors output.
 """
 
 from __future__ import annotations
@@ -193,31 +194,20 @@ def _copy(src: Any, offset: int, dst: Any, size: int, name: str) -> None:
         shutil.copyfileobj(src, dst, 16 << 20)
 
 
-@contextlib.contextmanager
-def stream_writes() -> Iterator[None]:
-    """Inside the block, mergekit's merge writes safetensors shards with :class:`StreamingTensorWriter`.
+def reserve_headers(planned: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """The plan transform (last of the planner hook's) that sizes the header room of writers made after it.
 
-    The planner's output names set the header room (:func:`header_bound`) of the writers made after it.
+    The planner's output names set :func:`header_bound`; the plan itself is returned unchanged.
     """
-    import mergekit.io.tasks
-    from mergekit.plan import MergePlanner
+    _HEADER_BOUND.set(header_bound([weight.name for weight, _task in planned]))
+    return planned
 
-    real_writer, real_plan = mergekit.io.tasks.TensorWriter, MergePlanner._plan
 
-    def make(*args: Any, **kwargs: Any) -> TensorWriter:
-        if kwargs.get("safe_serialization", True):
-            return StreamingTensorWriter(*args, **kwargs)
-        return real_writer(*args, **kwargs)
-
-    def plan(planner: MergePlanner) -> None:
-        real_plan(planner)
-        _HEADER_BOUND.set(header_bound([weight.name for weight, _task in planner._tensors]))
-
-    mergekit.io.tasks.TensorWriter = make
-    MergePlanner._plan = plan
+@contextlib.contextmanager
+def header_room() -> Iterator[None]:
+    """No header room reserved (0: exact headers, one rewrite) until a plan inside the block sets it."""
     token = _HEADER_BOUND.set(0)
     try:
         yield
     finally:
-        mergekit.io.tasks.TensorWriter, MergePlanner._plan = real_writer, real_plan
         _HEADER_BOUND.reset(token)

@@ -12,8 +12,9 @@ from hpc_merge import mergekit_adapter as mk
 from hpc_merge.errors import ConfigError
 from hpc_merge.mergekit_adapter import chunked
 from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, StreamingTrim, streaming
+from hpc_merge.mergekit_adapter.patches import magnitude_trim
 from hpc_merge.mergekit_adapter.reader import PreadSafetensors
-from hpc_merge.mergekit_adapter.trim import exact_magnitude, magnitude_mask, magnitude_trim
+from hpc_merge.mergekit_adapter.trim import exact_magnitude, magnitude_mask
 
 
 def _streamed_masks(vectors: list[torch.Tensor], densities: list[float], rows: int) -> list[torch.Tensor]:

@@ -66,7 +66,7 @@ def test_cached_configs_reads_once_hands_out_copies_and_sees_rewrites(tiny_pool,
 
     from mergekit.common import ModelReference
 
-    from hpc_merge.mergekit_adapter.inmemory import cached_configs
+    from hpc_merge.mergekit_adapter.patches import cached_configs
 
     folder = tmp_path / "m"
     shutil.copytree(tiny_pool["base"], folder)

@@ -9,7 +9,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from hpc_merge import mergekit_adapter as mk
-from hpc_merge.mergekit_adapter.reader import PreadSafetensors, pread_inputs
+from hpc_merge.mergekit_adapter.patches import pread_inputs
+from hpc_merge.mergekit_adapter.reader import PreadSafetensors
 
 
 def test_reads_every_dtype_and_shape_like_safe_open(tmp_path: Path) -> None:
