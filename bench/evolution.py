@@ -8,7 +8,7 @@ candidates alternate between them, so load on this shared machine hits both path
 outcome carries the worker's own phase timings (merge, hand-over, evaluation); the table shows their
 medians per candidate beside the measured wall time. Target (issue 9): in memory ≥ 5 × disk.
 
-SLURM: a generation is one job array (``hpc_merge.launch.slurm.submit_array``); the overhead
+SLURM: a generation is one job array (``hpc_merge.cluster.slurm.submit_array``); the overhead
 is the time from the submit call to every array task RUNNING. Target ≤ 10 s.
 """
 
@@ -124,10 +124,11 @@ def _generation(ctx: Context, size: int, folder: Path) -> tuple[float, float, fl
     """``(submit s, submit → all RUNNING s, submit → all results s)`` for one array of ``size``."""
     from omegaconf import OmegaConf
 
-    from hpc_merge.launch.slurm import submit_array
-    from hpc_merge.monitor.slurmq import ENDED, query_states
+    from hpc_merge.cluster.slurm import submit_array
+    from hpc_merge.config import compose
+    from hpc_merge.procs.slurmq import ENDED, query_states
 
-    cluster = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "cluster" / "slurm.yaml"))
+    cluster = OmegaConf.to_container(compose(["cluster=slurm"]).cluster, resolve=True)  # the profile + schema defaults
     cluster.update(cpus_per_task=1, mem_gb=1, timeout_min=5)
     t0 = time.perf_counter()
     jobs = submit_array(cluster, folder, "bench-gen", time.sleep, [4.0] * size)
@@ -162,7 +163,7 @@ def _slurm(ctx: Context) -> Table:
     t.notes += [
         f"target submit → all running ≤ 10 s: {'met' if running <= 10 else 'NOT met'} ({running:.1f} s); "
         f"{ctx.reps} generations; states polled every 0.1 s with squeue/sacct "
-        "(`hpc_merge.monitor.slurmq.query_states`).",
+        "(`hpc_merge.procs.slurmq.query_states`).",
         "each task is `time.sleep(4)` submitted through `submit_array` (cpus_per_task=1), so the numbers are "
         "the scheduler's and submitit's overhead, not a candidate's work; results back includes Python start "
         "and unpickling on the node. Other engineers' test jobs on the same cluster may queue ahead.",

@@ -123,7 +123,7 @@ def smoke_test(model_dir: str | Path, prompts: list[str] | SmokeInputs, max_new_
 
 def _answer_loss(model: Any, tok: Any, prompts: list[str], answers: list[str]) -> float:
     """Mean negative log-likelihood per answer token (the zoo's answers after their prompts)."""
-    from hpc_merge.evaluate.builtin import split_pair
+    from hpc_merge.models.tokenizer import split_pair
 
     total, count = 0.0, 0
     for prompt, answer in zip(prompts, answers, strict=True):

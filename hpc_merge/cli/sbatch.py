@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hpc_merge.cluster.executor import check_cluster, setup_lines
 from hpc_merge.errors import ConfigError
-from hpc_merge.launch.executor import check_cluster, setup_lines
 
 KINDS = ("merge", "moe", "evolve")
 SETUP_BEGIN, SETUP_END = "# >>> setup", "# <<< setup"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from hpc_merge.models.tokenizer import split_pair
 from hpc_merge.zoo.tasks import read_jsonl
 
 #: Tokens generated beyond the longest answer of a batch: room to show that a model does not stop.
@@ -34,16 +35,6 @@ class Encoded:
     prompts: tuple[tuple[int, ...], ...]
     answers: tuple[tuple[int, ...], ...]
     references: tuple[str, ...]
-
-
-def split_pair(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
-    """(prompt ids, answer ids) exactly as lm-eval's ``_encode_pair`` makes them."""
-    n = len(prompt) - len(prompt.rstrip())
-    if n:
-        prompt, answer = prompt[:-n], prompt[-n:] + answer
-    whole = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
-    ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return ctx, whole[len(ctx):]
 
 
 #: (id(tokenizer), file, mtime, limit) -> Encoded; the tokenizer is kept alive with its entry so

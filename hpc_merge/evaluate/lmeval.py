@@ -38,7 +38,7 @@ def _accuracy(metrics: dict[str, Any]) -> float:
 
 def _per_token_loglik(samples: list[dict], tokenizer) -> float:
     """Mean over docs of the answer's mean token log-prob (the built-in back end's measure)."""
-    from hpc_merge.evaluate.builtin import split_pair
+    from hpc_merge.models.tokenizer import split_pair
 
     per_doc = []
     for s in samples:

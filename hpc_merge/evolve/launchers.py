@@ -2,7 +2,7 @@
 
 Both return an ``evaluate(jobs, on_result)`` callable for :func:`hpc_merge.evolve.search.run_search`.
 On SLURM a generation is one job array; each job takes ``candidates_per_job`` candidates and
-spreads them over its tasks (:mod:`hpc_merge.launch.spread`): one task per GPU on a GPU profile
+spreads them over its tasks (:mod:`hpc_merge.cluster.spread`): one task per GPU on a GPU profile
 (``gpus_per_node / evolve.gpus_per_candidate`` tasks), ``cluster.tasks_per_node`` CPU tasks
 otherwise (1 by default: the candidates run one after another). Each task builds one evaluator
 (models loaded once) for its share. A task that fails, is cancelled or runs out of memory
@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from hpc_merge.cluster.spread import TaskPlan, plan_tasks
 from hpc_merge.errors import ConfigError
 from hpc_merge.evolve.worker import WorkerSpec, evaluate_batch, failed
-from hpc_merge.launch.spread import TaskPlan, plan_tasks
 
 Evaluate = Callable[[list[dict[str, Any]], Callable[[int, dict[str, Any]], None]], list[dict[str, Any]]]
 
@@ -84,7 +84,7 @@ def slurm_evaluator(cluster: dict[str, Any], folder: Path, name: str, spec: Work
                     per_job: int = 1, tasks: TaskPlan | None = None) -> Iterator[Evaluate]:
     """One submitit job array per call (per generation); each job spreads its candidates over
     ``tasks`` (default: one task, the candidates in a row)."""
-    from hpc_merge.launch import spread
+    from hpc_merge.cluster import spread
 
     plan = tasks or TaskPlan(tasks=1, gpus_per_task=0, cpus_per_task=cluster.get("cpus_per_task"))
     batches: list[str] = []

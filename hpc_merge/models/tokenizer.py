@@ -43,3 +43,13 @@ def build_tokenizer(out_dir: str | Path, corpus: Iterable[str] = DEFAULT_CORPUS,
     fast.padding_side = "left"
     fast.save_pretrained(str(out_dir))
     return fast
+
+
+def split_pair(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) exactly as lm-eval's ``_encode_pair`` makes them."""
+    n = len(prompt) - len(prompt.rstrip())
+    if n:
+        prompt, answer = prompt[:-n], prompt[-n:] + answer
+    whole = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
+    ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return ctx, whole[len(ctx):]

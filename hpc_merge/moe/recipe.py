@@ -84,7 +84,7 @@ def validate_recipe(recipe: Any, field_prefix: str = "moe",
                     resolve: Callable[[str, str], Path] | None = None) -> MoePlan:
     """Check ``recipe`` (a mergekit-moe mapping plus our keys) and return the plan. Reads no weight."""
     if resolve is None:
-        from hpc_merge.models.resolve import resolve_model as resolve
+        from hpc_merge.resolve import resolve_model as resolve
     if not isinstance(recipe, Mapping):
         raise ConfigError(field_prefix, "missing or not a mapping", "choose a recipe: moe=stem, or mergekit_yaml=PATH")
     _check_keys(recipe, RECIPE_KEYS, field_prefix)

@@ -4,7 +4,7 @@ Why an array and not one job of N tasks: each part is independent, so an array l
 start each part as soon as a node (or a slot of one) is free, on as many nodes as are free, and a
 failed, preempted or timed-out element is reported and redone alone; a job of N tasks waits until
 all N fit at once and loses them all together. The array goes through the same submission as every
-array here (:func:`hpc_merge.launch.slurm.submit_array`: the profile's resources per element,
+array here (:func:`hpc_merge.cluster.slurm.submit_array`: the profile's resources per element,
 ``cluster.array_parallelism`` at a time); the ordinary merge job submitted after it finds every
 part recorded and only assembles, smoke-tests and logs the model.
 """
@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hpc_merge.cluster.executor import single_process
+from hpc_merge.cluster.slurm import gather, no_result_reason, submit_array
 from hpc_merge.errors import JobFailed
-from hpc_merge.launch.executor import single_process
-from hpc_merge.launch.slurm import gather, no_result_reason, submit_array
 from hpc_merge.procs.slurmq import ENDED, GONE, query_states
 from hpc_merge.split.local import spec_for
 from hpc_merge.split.part import valid_record

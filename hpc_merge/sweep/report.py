@@ -1,4 +1,4 @@
-"""``hpc-merge sweep-report SWEEP_DIR``: a sweep's points best first, as a table, a CSV and a plot.
+"""A sweep's points best first, as a table, a CSV and a plot (``hpc-merge sweep-report``: :mod:`hpc_merge.cli.sweep_report`).
 
 The report is rebuilt from the run dirs every time (through :func:`sweepfile.refresh`), so it is
 right whether the sweep was waited for or not, and can be asked for while the array still runs.
@@ -8,11 +8,9 @@ one -> a line (one per value of any other swept parameter), two -> a heat map.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +117,7 @@ def write_report(sweep_dir: str | Path, data: dict[str, Any] | None = None, metr
     """Refresh the sweep (unless ``data`` is given), write the CSV and the plot; returns the text."""
     sweep_dir = Path(sweep_dir)
     if data is None:
-        from hpc_merge.monitor.reader import Reader
+        from hpc_merge.run.reader import Reader
 
         reader = Reader(sweepfile.run_dirs(sweepfile.read_sweep(sweep_dir)))
         data = sweepfile.refresh(sweep_dir, reader, write=os.access(sweep_dir / sweepfile.SWEEP_FILE, os.W_OK))
@@ -142,20 +140,3 @@ def write_report(sweep_dir: str | Path, data: dict[str, Any] | None = None, metr
         lines.append(f"best: #{best['index']} {best.get('label', '')}: {name}={fmt_value(best['metrics'][name])}"
                      f"  {best['run_dir']}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``hpc-merge sweep-report``; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="hpc-merge sweep-report",
-        description="A sweep's points best first (table), written as report.csv and report.png in the sweep folder.")
-    parser.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a sweep folder (logs/sweeps/<sweep_id>)")
-    parser.add_argument("--metric", help="rank by this metric (default: the sweep's key metric)")
-    parser.add_argument("--mode", choices=("min", "max"), help="lower (min) or higher (max) is better")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if not sweepfile.is_sweep_dir(args.sweep_dir):
-        print(f"error: sweep_dir: {args.sweep_dir} holds no {sweepfile.SWEEP_FILE} — fix: give a folder under "
-              "logs/sweeps/ (the sweep command printed it)", file=sys.stderr)
-        return 2
-    print(write_report(args.sweep_dir, metric=args.metric, mode=args.mode))
-    return 0

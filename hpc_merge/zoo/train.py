@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from hpc_merge.models.tokenizer import split_pair
+
 Example = tuple[list[int], list[int]]  # (input ids, labels with -100 where no loss)
 
 
 def encode(tokenizer, rows: Sequence[dict[str, str]]) -> list[Example]:
     """Tokenize ``{"prompt", "answer"}`` rows into training examples ending in end-of-text."""
-    from hpc_merge.evaluate.builtin import split_pair
-
     eos = tokenizer.eos_token_id
     out = []
     for row in rows:

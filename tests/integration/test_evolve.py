@@ -56,7 +56,7 @@ def _preset_test_fitness(logs: Path, extra: tuple[str, ...] = ()) -> dict[str, t
         c = compose(["+experiment=evolve_demo", f"merge={name}", "logger=none", *extra])
         recipe = OmegaConf.to_container(c.merge, resolve=True)
         from hpc_merge import mergekit_adapter as mk
-        from hpc_merge.models.resolve import resolve_model
+        from hpc_merge.resolve import resolve_model
 
         for f, ref in mk.model_refs(recipe):
             paths.setdefault(ref, str(resolve_model(ref, f)))

@@ -26,7 +26,7 @@ def zoo_experts() -> dict[str, tuple[Path, str]]:
     zoo = pytest.importorskip("hpc_merge.zoo")
     if not hasattr(zoo, "EXPERT_TASKS"):
         pytest.skip("hpc_merge.zoo has no EXPERT_TASKS yet")
-    from hpc_merge.models.resolve import resolve_model
+    from hpc_merge.resolve import resolve_model
 
     if hasattr(zoo, "ensure_zoo"):
         zoo.ensure_zoo()

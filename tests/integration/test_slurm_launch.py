@@ -1,4 +1,4 @@
-"""hpc_merge.launch.slurm against the real local SLURM cluster: results and every kind of end."""
+"""hpc_merge.cluster.slurm against the real local SLURM cluster: results and every kind of end."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from hpc_merge.cluster.slurm import gather, make_executor, submit_array, wait
 from hpc_merge.errors import JobFailed
-from hpc_merge.launch.slurm import gather, make_executor, submit_array, wait
 from tests.integration import slurm_jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hpc_merge.atomic import remove_stale_siblings
-from hpc_merge.launch.slurm import make_executor, wait
+from hpc_merge.cluster.slurm import make_executor, wait
 from tests.integration import slurm_jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]

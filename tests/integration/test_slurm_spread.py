@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hpc_merge.cluster import spread
 from hpc_merge.evolve.launchers import slurm_evaluator, slurm_tasks
-from hpc_merge.launch import spread
 from tests.integration import slurm_jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]

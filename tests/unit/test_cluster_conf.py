@@ -10,10 +10,10 @@ import submitit
 import yaml
 from omegaconf import OmegaConf
 
+from hpc_merge.cluster.executor import KNOWN_FIELDS, executor_parameters, make_executor, setup_lines
+from hpc_merge.cluster.slurm import gather, submit_array
 from hpc_merge.config import compose, config_dir
 from hpc_merge.errors import ConfigError
-from hpc_merge.launch.executor import KNOWN_FIELDS, executor_parameters, make_executor, setup_lines
-from hpc_merge.launch.slurm import gather, submit_array
 
 PROFILES = sorted(p.stem for p in (Path(config_dir()) / "cluster").glob("*.yaml"))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hpc_merge.evaluate import evaluate_model, load_model, load_tasks, load_tokenizer
-from hpc_merge.evaluate.builtin import split_pair
+from hpc_merge.models.tokenizer import split_pair
 from hpc_merge.zoo.tasks import read_jsonl
 
 

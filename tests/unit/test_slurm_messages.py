@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from hpc_merge.cluster import slurm
+from hpc_merge.cluster.executor import make_executor
 from hpc_merge.config import compose
 from hpc_merge.errors import JobFailed
-from hpc_merge.launch import slurm
-from hpc_merge.launch.executor import make_executor
 
 LOG = "--- last 2 lines of /x/12_0_log.err ---\nloading shard 3 of 4\nKilled"
 

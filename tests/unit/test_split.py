@@ -165,7 +165,7 @@ def test_a_recorded_part_is_not_merged_again(tiny_pool, tmp_path: Path, capsys: 
 
 
 def test_no_wait_merge_job_waits_for_the_array_by_afterok() -> None:
-    from hpc_merge.launch.executor import executor_parameters
+    from hpc_merge.cluster.executor import executor_parameters
     from hpc_merge.split.slurm import after_array
 
     cluster = {"kind": "slurm", "additional_parameters": {"mail-type": "END"}}

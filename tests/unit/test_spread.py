@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from hpc_merge.cluster import spread
+from hpc_merge.cluster.executor import single_process
+from hpc_merge.cluster.spread import TaskPlan, pin_gpus, plan_tasks, share, task_gpus
 from hpc_merge.config import compose
 from hpc_merge.errors import ConfigError
 from hpc_merge.evolve.launchers import slurm_tasks
-from hpc_merge.launch import spread
-from hpc_merge.launch.executor import single_process
-from hpc_merge.launch.spread import TaskPlan, pin_gpus, plan_tasks, share, task_gpus
 
 
 def _cluster(*overrides: str) -> dict:

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from hpc_merge.atomic import write_json
+from hpc_merge.cli.sweep_report import main as report_main
 from hpc_merge.monitor.reader import Reader
 from hpc_merge.monitor.view import plain_snapshot
-from hpc_merge.status import update_status
+from hpc_merge.run.status import update_status
 from hpc_merge.sweep import sweepfile
 from hpc_merge.sweep.metrics import better_is_lower, default_metric, flat_metrics
 from hpc_merge.sweep.points import Point, split_override, swept_keys
-from hpc_merge.sweep.report import main as report_main
 from hpc_merge.sweep.report import write_report
 from tests.conftest import run_cli
 
@@ -182,8 +182,8 @@ def test_both_launchers_compose(launcher: str) -> None:
 
 def test_an_array_task_cancelled_while_packed_is_gone_and_reads_cancelled() -> None:
     """SLURM keeps no record of an array task cancelled while still packed in ``12_[1-3]``."""
-    from hpc_merge.monitor.reader import classify
-    from hpc_merge.monitor.slurmq import GONE, parse_sacct, resolve_missing
+    from hpc_merge.procs.slurmq import GONE, parse_sacct, resolve_missing
+    from hpc_merge.run.state import classify
 
     acct = parse_sacct("12_0|COMPLETED\n")
     assert resolve_missing(["12_1"], {}, acct) == {"12_1": GONE}
@@ -198,17 +198,17 @@ def test_an_array_task_cancelled_while_packed_is_gone_and_reads_cancelled() -> N
 
 
 def test_a_point_whose_run_dir_a_live_run_holds_is_followed_not_run(tmp_path: Path) -> None:
-    from hpc_merge import runlock
-    from hpc_merge.sweep.launch import _lock_runs, _release
+    from hpc_merge.run import lock as runlock
+    from hpc_merge.sweep.record import lock_runs, release
 
     held = runlock.acquire(tmp_path / "busy")  # a live run (this process) holds that run dir
     try:
         points = [Point(0, ["x=0"], run_dir=tmp_path / "busy"), Point(1, ["x=1"], run_dir=tmp_path / "free")]
         data = {"points": [{"index": 0, "skipped": None}, {"index": 1, "skipped": None}]}
-        kept = _lock_runs(points, data)
+        kept = lock_runs(points, data)
         assert [p.index for p in kept] == [1] and (tmp_path / "free" / runlock.LOCK_FILE).exists()
         assert data["points"][0]["skipped"].startswith("already running: run dir ")
-        _release(kept)
+        release(kept)
         assert not (tmp_path / "free" / runlock.LOCK_FILE).exists()
     finally:
         held.release()

@@ -34,8 +34,8 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
+from hpc_merge.cluster.slurm import failure_reason, submit_array
 from hpc_merge.errors import ConfigError
-from hpc_merge.launch.slurm import failure_reason, submit_array
 
 Batch = Sequence[Any]
 
@@ -176,7 +176,7 @@ class TaskShare:
 def submit(cluster: dict[str, Any], plan: TaskPlan, folder: Path, name: str,
            fn: Callable[[list[Any]], list[Any]], batches: Sequence[Batch]) -> list[submitit.Job]:
     """One job per batch (a job array when several), each of ``plan.tasks`` tasks sharing its batch;
-    submitted like every array (:func:`hpc_merge.launch.slurm.submit_array`: sbatch refusals are one line)."""
+    submitted like every array (:func:`hpc_merge.cluster.slurm.submit_array`: sbatch refusals are one line)."""
     return submit_array(plan.job_cluster(cluster), Path(folder), name, TaskShare(fn, plan.gpus_per_task),
                         [list(b) for b in batches])
 
@@ -186,7 +186,7 @@ def gather(jobs: Sequence[submitit.Job], batches: Sequence[Batch]) -> list[list[
 
     Each task's result (submitit keeps one per task) is placed back at its share's positions; a
     task that raised, died or was killed fails only its own items, with its SLURM state and the
-    fix (:func:`hpc_merge.launch.slurm.failure_reason`).
+    fix (:func:`hpc_merge.cluster.slurm.failure_reason`).
     """
     out: list[list[tuple[bool, Any]]] = []
     for job, batch in zip(jobs, batches, strict=True):

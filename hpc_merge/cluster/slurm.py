@@ -15,14 +15,14 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
+from hpc_merge.cluster.executor import job_env, make_executor, single_process
+from hpc_merge.cluster.logtail import LogFollower, tail_text
 from hpc_merge.errors import JobFailed, SubmitRefused
-from hpc_merge.launch.executor import job_env, make_executor, single_process
-from hpc_merge.launch.logtail import LogFollower, tail_text
-from hpc_merge.launch.runner import JobRunner
-from hpc_merge.monitor.slurmq import ENDED, query_states
-from hpc_merge.status import update_status
+from hpc_merge.procs.slurmq import ENDED, query_states
+from hpc_merge.run.files import SLURM_DIR
+from hpc_merge.run.status import update_status
 
-__all__ = ["JobRunner", "ended_message", "failure_reason", "gather", "job_state", "make_executor",
+__all__ = ["ended_message", "failure_reason", "gather", "job_state", "make_executor",
            "no_result_reason", "submit_array", "submit_job", "wait"]
 
 Stream = Callable[[str], Any]
@@ -47,13 +47,17 @@ def refused_as_error() -> Iterator[None]:
                             "gpus_per_node, constraint, mem_gb) against `sinfo -o '%P %G %f %m'`") from None
 
 
-def submit_job(cluster: dict[str, Any], run_dir: Path, kind: str, cfg: dict[str, Any]) -> submitit.Job:
-    """Submit job ``kind`` on ``cfg`` (a plain dict); its submitit files go to ``run_dir/slurm/``."""
+def submit_job(cluster: dict[str, Any], run_dir: Path, kind: str, cfg: dict[str, Any],
+               runner: Callable[..., Callable[[], Any]]) -> submitit.Job:
+    """Submit job ``kind`` on ``cfg`` (a plain dict); its submitit files go to ``run_dir/slurm/``.
+
+    ``runner(kind, cfg, run_dir, env=...)`` is what the job executes (the job layer's
+    :class:`~hpc_merge.jobs.runner.JobRunner`, handed in: this module imports no job code)."""
     run_dir = Path(run_dir)
     name = f"{kind}-{cfg.get('name') or run_dir.name}"
-    executor = make_executor(single_process(cluster), run_dir / "slurm", name)  # one task: one copy of the job
+    executor = make_executor(single_process(cluster), run_dir / SLURM_DIR, name)  # one task: one copy of the job
     with refused_as_error():
-        job = executor.submit(JobRunner(kind, cfg, str(run_dir), env=job_env(cluster)))
+        job = executor.submit(runner(kind, cfg, str(run_dir), env=job_env(cluster)))
     update_status(run_dir, slurm_job_id=str(job.job_id), slurm_state="PENDING",
                   slurm_stdout=str(job.paths.stdout), slurm_stderr=str(job.paths.stderr))
     return job
