@@ -11,7 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hpc_merge import console
 from hpc_merge.atomic import write_json, write_text
+from hpc_merge.evaluate import evaluate_model, load_model, load_tasks, load_tokenizer
 from hpc_merge.run.files import REPORT_JSON, REPORT_MD, REPORT_PNG
 
 ROLES = ("base", "source", "merged")
@@ -135,9 +137,6 @@ def merge_report(run_dir: str | Path, models: list[tuple[str, str, Any]], tasks:
     objects or specs (``size`` picks the zoo's split sizes for ``zoo`` specs). ``tokenizer`` is only
     needed for in-memory models. Returns the rows written to ``report.json``.
     """
-    from hpc_merge import console
-    from hpc_merge.evaluate import evaluate_model, load_model, load_tasks, load_tokenizer
-
     run_dir = Path(run_dir)
     if tasks and isinstance(tasks[0], str):
         tasks = load_tasks(list(tasks), size=size)

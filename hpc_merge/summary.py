@@ -12,7 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from hpc_merge.console import duration
+from hpc_merge.report import format_table
 from hpc_merge.run.files import REPORT_MD, REPORT_PNG, RESULT_FILE
+from hpc_merge.smoke import describe
 
 
 def _size(nbytes: float) -> str:
@@ -48,10 +51,6 @@ def _what(kind: str, cfg: DictConfig, result: dict[str, Any]) -> str:
 
 def summary_lines(kind: str, cfg: DictConfig, result: dict[str, Any], run_dir: Path, elapsed_s: float) -> list[str]:
     """The lines printed after the last progress bar (``run_dir:`` excluded)."""
-    from hpc_merge.console import duration
-    from hpc_merge.report import format_table
-    from hpc_merge.smoke import describe
-
     metrics = result.get("metrics") or {}
     lines = [f"done: {_what(kind, cfg, result)} in {duration(elapsed_s)}"]
     rows = metrics.get("report")

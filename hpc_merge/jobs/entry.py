@@ -14,7 +14,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hpc_merge.jobs import run_job
+from hpc_merge.jobs.merge import submit_split_parts
 from hpc_merge.jobs.runner import JobRunner as runner
+from hpc_merge.split.slurm import after_array
 
 __all__ = ["before_submit", "run_job", "runner"]
 
@@ -27,11 +29,7 @@ def before_submit(kind: str, cfg: DictConfig, cluster: dict[str, Any], run_dir: 
     """
     if kind != "merge" or int(cfg.job.get("tasks") or 1) <= 1:
         return cluster
-    from hpc_merge.jobs.merge import submit_split_parts
-
     arrays = submit_split_parts(cfg, cluster, run_dir)  # waits for them unless cluster.wait=false
     if arrays and not cluster.get("wait", True):
-        from hpc_merge.split.slurm import after_array
-
         cluster = after_array(cluster, arrays)  # the merge job starts once every part has COMPLETED
     return cluster

@@ -25,9 +25,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpc_merge import console
 from hpc_merge import mergekit_adapter as mk
+from hpc_merge.atomic import atomic_dir, write_text
+from hpc_merge.evolve import launchers
+from hpc_merge.evolve.cache import candidate_key, merge_seed
+from hpc_merge.evolve.export import export_best
 from hpc_merge.evolve.fitness import FitnessSpec
+from hpc_merge.evolve.quality import format_gain_table, gain_report
+from hpc_merge.evolve.report import report_generation
 from hpc_merge.evolve.search import SearchSettings, best_candidate, run_search
 from hpc_merge.evolve.worker import WorkerSpec, candidate_job
+from hpc_merge.jobs import merge as merge_job
 from hpc_merge.jobs.evolve_plan import PS_BEST, describe, validate
 from hpc_merge.run.files import FITNESS_PNG
 from hpc_merge.run.status import update_status
@@ -43,8 +50,6 @@ def worker_spec(plan: dict[str, Any], run_dir: Path, paths: dict[str, str] | Non
 
 
 def _evaluator(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, spec: WorkerSpec) -> Any:
-    from hpc_merge.evolve import launchers
-
     if plan["launcher"] == "slurm":
         cluster = OmegaConf.to_container(cfg.cluster, resolve=True)
         return launchers.slurm_evaluator(cluster, run_dir / "slurm_evolve", f"{cfg.get('name', 'evolve')}-cand",
@@ -57,8 +62,6 @@ def _evaluator(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, spec: Worke
 def _search(space: Any, settings: SearchSettings, plan: dict[str, Any], run_dir: Path, evaluate: Any, tracker: Any,
             paths: dict[str, str], step_offset: int = 0) -> tuple[Any, str, dict[str, Any]]:
     """One CMA-ES search (resuming from ``run_dir``), reported per generation; returns state, stop reason, best."""
-    from hpc_merge.evolve.report import report_generation
-
     with console.task("evolving", total=settings.max_evaluations, unit="candidate") as bar:
         def counted(jobs: list, on_result: Any) -> list:  # the bar moves as each candidate is scored
             return evaluate(jobs, lambda i, out: (on_result(i, out), bar.update(advance=1)))
@@ -81,8 +84,6 @@ def _search(space: Any, settings: SearchSettings, plan: dict[str, Any], run_dir:
 
 def _materialise_ps_best(recipe: dict[str, Any], plan: dict[str, Any], dest: Path) -> Path:
     """Merge the PS best to ``dest`` (atomically; kept across resumes: same recipe, same bytes)."""
-    from hpc_merge.atomic import atomic_dir, write_text
-
     stamp = json.dumps(recipe, sort_keys=True)
     if (dest / "config.json").is_file() and (dest / "hpc_merge_ps_recipe.json").is_file() \
             and (dest / "hpc_merge_ps_recipe.json").read_text() == stamp:
@@ -103,10 +104,6 @@ def _reference_recipes(plan: dict[str, Any], dtype: Any) -> dict[str, dict[str, 
 
 def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     """Search (resuming), report the best on the test split, export it, optionally merge it."""
-    from hpc_merge.evolve.cache import candidate_key, merge_seed
-    from hpc_merge.evolve.export import export_best
-    from hpc_merge.evolve.quality import format_gain_table, gain_report
-
     space = plan["space"]
     settings: SearchSettings = plan["settings"]
     fit: FitnessSpec = plan["fitness"]
@@ -195,8 +192,6 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
 
 def _final_merge(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     """Merge the best recipe with the merge job (smoke test, model card, merge report on the test split)."""
-    from hpc_merge.jobs import merge as merge_job
-
     sub = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     ev = OmegaConf.to_container(cfg.evolve, resolve=True)
     fit = ev.get("fitness") or {}

@@ -17,6 +17,7 @@ from hpc_merge import mergekit_adapter as mk
 from hpc_merge.errors import ConfigError
 from hpc_merge.evolve.dfs import DfsSpace, layer_count
 from hpc_merge.evolve.fitness import FitnessSpec
+from hpc_merge.evolve.launchers import check_memory, slurm_tasks
 from hpc_merge.evolve.search import SearchSettings
 from hpc_merge.evolve.space import SearchSpace
 from hpc_merge.resolve import resolve_model
@@ -86,8 +87,6 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     tasks, per_job = None, int(ev.get("candidates_per_job") or 1)
     cluster = OmegaConf.to_container(cfg.cluster, resolve=True) if launcher == "slurm" else {}
     if launcher == "slurm":  # candidates spread one per GPU (or CPU task) of each job: checked before submitting
-        from hpc_merge.evolve.launchers import slurm_tasks
-
         tasks, per_job = slurm_tasks(cluster, ev.get("candidates_per_job"), ev.get("gpus_per_candidate", 1))
     mk.merge_options(OmegaConf.to_container(cfg.job.options, resolve=True) if cfg.job.get("options") else {})
     base_ref = str(ev["base_model"]) if ev.get("base_model") else None
@@ -128,8 +127,6 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("evolve.base_model", f"{paths[donor]} has no tokenizer files", "use a model with a tokenizer")
     options = OmegaConf.to_container(cfg.job.options, resolve=True) if cfg.job.get("options") else {}
     if tasks is not None:  # every task of a candidate job holds its own copy of the models
-        from hpc_merge.evolve.launchers import check_memory
-
         check_memory(tasks, cluster, paths, donor, bool(ev.get("in_memory", True)))
     return {"space": dfs_space or space, "ps_space": space if kind != "ps" else None, "kind": kind,
             "ps_settings": ps_settings, "ps_recipe": ps_recipe, "base": base_ref,

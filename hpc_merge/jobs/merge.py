@@ -12,14 +12,17 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from hpc_merge import console
+from hpc_merge import console, split
 from hpc_merge import mergekit_adapter as mk
+from hpc_merge.cluster.executor import single_process
 from hpc_merge.jobs.merge_plan import effective_options, gpu_options_of, stages_of, validate
 from hpc_merge.jobs.skeleton import ReportModel, finish_model, output_dir
+from hpc_merge.modelcard import write_card
 from hpc_merge.resolve import resolve_model
 from hpc_merge.run.files import PARTS_DIR, SLURM_DIR, STAGES_DIR
 from hpc_merge.run.outputs import model_dir
 from hpc_merge.run.status import update_status
+from hpc_merge.split.slurm import run_array
 
 __all__ = ["describe", "effective_options", "run", "submit_split_parts", "validate"]
 
@@ -36,14 +39,10 @@ def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
     if e:
         parts.append(f"# estimate: read {e['read_gb']} GB, write {e['write_gb']} GB, peak RAM ~{e['peak_ram_gb']} GB")
     if plan.get("split"):
-        from hpc_merge import split
-
         parts += [split.describe(p, stage) for stage, p in plan["split"].items()]
         c = OmegaConf.to_container(cfg.cluster, resolve=True) if cfg.get("cluster") is not None else {}
         n = int(cfg.job.tasks)
         if c.get("kind") == "slurm":
-            from hpc_merge.cluster.executor import single_process
-
             c = single_process(c)  # what each element is submitted with
         parts.append(f"# runs as one SLURM job array of {n} elements, each {c.get('cpus_per_task')} CPUs and "
                      f"{c.get('mem_gb')} GB (cluster.cpus_per_task, cluster.mem_gb), then the merge job assembles"
@@ -82,13 +81,9 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
                     _merge_split(config, effective_options(plan), tasks, run_dir, st["name"], tmp, bar)
                 else:
                     mk.run_mergekit(config, tmp, effective_options(plan), progress=progress)
-                from hpc_merge.modelcard import write_card
-
                 write_card(tmp, f"{cfg.get('name', 'merge')} ({st['name']})", st["recipe"],
                            {ref: Path(p) for ref, p in paths.items() if ref in st["paths"] or ref in stage_out})
         if tasks > 1:
-            from hpc_merge import split
-
             split.remove_parts(run_dir / PARTS_DIR / st["name"])  # the model is in place
         timings[f"merge_{st['name']}_s"] = round(time.time() - t0, 3)
     timings["merge_s"] = round(sum(timings.values()), 3)
@@ -108,9 +103,6 @@ def submit_split_parts(cfg: DictConfig, cluster: dict[str, Any], run_dir: Path) 
     The recipe, paths and options are worked out as :func:`validate` and :func:`run` do, so the
     parts' fingerprints are those the merge job checks.
     """
-    from hpc_merge import split
-    from hpc_merge.split.slurm import run_array
-
     tasks = int(cfg.job.get("tasks") or 1)
     recipe = OmegaConf.to_container(cfg.merge, resolve=True)
     opts = OmegaConf.to_container(cfg.job.options, resolve=True)
@@ -135,7 +127,6 @@ def submit_split_parts(cfg: DictConfig, cluster: dict[str, Any], run_dir: Path) 
 def _merge_split(config: dict[str, Any], options: dict[str, Any], tasks: int, run_dir: Path, stage: str,
                  out: Path, bar: console.Task) -> None:
     """One stage as ``tasks`` parts (finished parts of an earlier try reused), assembled into ``out``."""
-    from hpc_merge import split
 
     def progress(p: dict[str, Any]) -> None:
         update_status(run_dir, phase=f"merge:{stage}", **p)  # one run: tensors/bytes/ETA of all parts, a row per part

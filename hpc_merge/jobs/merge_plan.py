@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hpc_merge import archcheck, console
+from hpc_merge import archcheck, console, split
 from hpc_merge import mergekit_adapter as mk
 from hpc_merge.errors import ConfigError, did_you_mean
 from hpc_merge.models.inputcheck import check_inputs
@@ -126,8 +126,6 @@ def _split_parts(stages: list[dict[str, Any]], opts: dict[str, Any], tasks: int)
     a stage that reads an earlier stage's output is split when it runs."""
     if tasks <= 1:
         return {}
-    from hpc_merge import split
-
     out = {}
     for st in stages:
         if all(ref in st["paths"] for _sub, ref in mk.model_refs(st["recipe"])):

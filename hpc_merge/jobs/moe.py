@@ -15,12 +15,17 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from hpc_merge import console
+from hpc_merge.archcheck import weight_bytes
 from hpc_merge.errors import ConfigError
 from hpc_merge.jobs.skeleton import ReportModel, finish_model, output_dir
+from hpc_merge.mergekit_adapter import merge_options
 from hpc_merge.models.inputcheck import check_inputs
+from hpc_merge.moe import BuildOptions, build_moe
 from hpc_merge.moe.arch import head_dim, read_config
+from hpc_merge.moe.card import CLASSES
 from hpc_merge.moe.plan import MoePlan
 from hpc_merge.moe.recipe import PROMPT_GATE_MODES, validate_recipe
+from hpc_merge.moe.routing import routing_report
 from hpc_merge.run.outputs import check_output, output_hooks
 from hpc_merge.run.status import update_status
 
@@ -34,8 +39,6 @@ def _options(cfg: DictConfig) -> dict[str, Any]:
 
 def build_options(opts: dict[str, Any]):
     """``job.options`` -> :class:`hpc_merge.moe.BuildOptions`."""
-    from hpc_merge.moe import BuildOptions
-
     return BuildOptions(device=str(opts.get("device") or "auto"), random_seed=int(opts.get("random_seed") or 0),
                         out_shard_size=opts.get("out_shard_size") or "1B",
                         safe_serialization=bool(opts.get("safe_serialization", True)),
@@ -49,8 +52,6 @@ def estimate(plan: MoePlan) -> dict[str, float]:
     layer's stacked experts + one output shard buffered + the base model when gates need hidden
     states + ~1 GB runtime.
     """
-    from hpc_merge.archcheck import weight_bytes
-
     c = read_config(plan.base_path, "moe.base_model")
     h, inter, layers, vocab = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
     hd, nh, kv = head_dim(c), c["num_attention_heads"], c.get("num_key_value_heads") or c["num_attention_heads"]
@@ -75,8 +76,6 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("moe", "no MoE recipe", "choose one: +moe=NAME (conf/moe/), an experiment, or mergekit_yaml=PATH")
     recipe = OmegaConf.to_container(cfg.moe, resolve=True)
     opts = _options(cfg)
-    from hpc_merge.mergekit_adapter import merge_options
-
     merge_options(opts)  # option errors now, not in the job
     output = cfg.get("output")
     plan = validate_recipe(recipe, field_prefix="moe")
@@ -94,8 +93,6 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
 def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
     """Dry-run text: the resolved mergekit-moe recipe, the chosen output and writer, the estimate."""
     p = MoePlan.from_dict(plan["moe"])
-    from hpc_merge.moe.card import CLASSES
-
     writer = "mergekit's MoE writer" if p.writer == "mergekit" else "hpc_merge's own writer (mergekit cannot build it)"
     lines = ["# mergekit-moe recipe (resolved)", yaml.safe_dump(p.recipe(resolved=True), sort_keys=False).rstrip(),
              f"# output: {CLASSES[p.output_arch]} from {len(p.experts)} {p.source_type} experts "
@@ -110,15 +107,11 @@ def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
 
 def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     """Build the MoE, check its routing on the experts' prompts, smoke-test, evaluate, log."""
-    from hpc_merge.moe import build_moe
-
     p = MoePlan.from_dict(plan["moe"])
     output = output_dir(cfg, run_dir)
     update_status(run_dir, phase="build_moe")
-    gates = "fitting gates and writing" if p.gate_mode in PROMPT_GATE_MODES else "writing"
-    with console.task(f"MoE: {gates} {len(p.experts)} experts"):
-        info = build_moe(p, output, build_options(plan["options"]), overwrite=True,
-                         **output_hooks(run_dir, bool(plan["options"].get("trust_remote_code"))))
+    info = build_moe(p, output, build_options(plan["options"]), overwrite=True,  # shows its own progress
+                     **output_hooks(run_dir, bool(plan["options"].get("trust_remote_code"))))
     timings: dict[str, float] = dict(info.pop("timings"))
     size = sum(f.stat().st_size for f in output.glob("*.safetensors"))
     metrics: dict[str, Any] = {"output_bytes": size, "n_experts": len(p.experts), "output_arch": p.output_arch}
@@ -126,8 +119,6 @@ def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> d
 
     routing_cfg = cfg.job.get("routing")
     if p.gate_mode in PROMPT_GATE_MODES and (routing_cfg is None or routing_cfg.get("enabled", True)):
-        from hpc_merge.moe.routing import routing_report
-
         update_status(run_dir, phase="routing")
         t0 = time.time()
         with console.task("MoE: routing check on the experts' prompts"):

@@ -14,8 +14,11 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
+from hpc_merge.evaluate import load_tasks
+from hpc_merge.report import merge_report
 from hpc_merge.run.files import MODEL_DIR
 from hpc_merge.run.status import update_status
+from hpc_merge.smoke import smoke_inputs, smoke_test
 from hpc_merge.tracking import Tracker
 
 #: ``(label, role, folder)`` rows of an evaluation report: role is base, source or merged.
@@ -47,8 +50,6 @@ def smoke_phase(cfg: DictConfig, output: Path, refs: list[str], run_dir: Path, t
     smoke = cfg.job.get("smoke")
     if smoke is None or not smoke.get("enabled", True):
         return
-    from hpc_merge.smoke import smoke_inputs, smoke_test
-
     update_status(run_dir, phase="smoke")
     t0 = time.time()
     prompts = smoke.get("prompts")
@@ -66,9 +67,6 @@ def evaluate_phase(cfg: DictConfig, models: list[ReportModel], run_dir: Path, tr
     every task, kept in ``metrics["report"]``."""
     if cfg.get("eval") is None or not cfg.eval.get("enabled"):
         return
-    from hpc_merge.evaluate import load_tasks
-    from hpc_merge.report import merge_report
-
     update_status(run_dir, phase="evaluate")
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
     tasks = load_tasks(list(ev.get("tasks") or ["zoo"]), size=ev.get("size", "full"))
