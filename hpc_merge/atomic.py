@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from hpc_merge import console
 from hpc_merge.errors import JobFailed
 from hpc_merge.procs.owner import hostname, pid_alive, slurm_job_active, slurm_job_id
 
@@ -185,8 +186,18 @@ def file_lock(folder: str | Path) -> Iterator[None]:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with open(folder / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # say why we wait: a silent wait looks like a hang
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            console.note(f"waiting for {holder}, which holds {folder} (building or reading a cached model)")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {hostname()}\n")
+        fh.flush()
         try:
             yield
         finally:

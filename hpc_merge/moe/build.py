@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpc_merge import console
 from hpc_merge.atomic import atomic_dir
+from hpc_merge.moe.arch import has_tokenizer
 from hpc_merge.moe.card import write_card
-from hpc_merge.moe.recipe import MoePlan, has_tokenizer
+from hpc_merge.moe.plan import MoePlan
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def build_moe(plan: MoePlan, out_dir: str | Path, options: BuildOptions | None =
     """Write the MoE described by ``plan`` to ``out_dir``; returns what was built and timings.
 
     ``finish`` and ``replace_if`` go to :func:`~hpc_merge.atomic.atomic_dir` (the job marks its
-    output as hpc_merge's and replaces only what it may: :func:`hpc_merge.outputs.output_hooks`).
+    output as hpc_merge's and replaces only what it may: :func:`hpc_merge.run.outputs.output_hooks`).
     """
     import torch
 
@@ -83,7 +85,8 @@ def build_moe(plan: MoePlan, out_dir: str | Path, options: BuildOptions | None =
 
     router, shared = gate_vectors(plan, device=options.resolved_device(), seed=options.random_seed)
     timings["gates_s"] = round(time.time() - t0, 3)
-    with atomic_dir(out_dir, overwrite=overwrite, finish=finish, replace_if=replace_if) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, finish=finish, replace_if=replace_if) as tmp, \
+            console.task(f"MoE: writing {len(plan.experts)} experts"):
         t1 = time.time()
         torch.manual_seed(options.random_seed)  # noise_scale draws from the global RNG
         if plan.writer == "mergekit":

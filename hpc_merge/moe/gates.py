@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from hpc_merge import console
 from hpc_merge.moe.plan import ExpertSpec, MoePlan
 from hpc_merge.moe.recipe import PROMPT_GATE_MODES
 
@@ -173,11 +174,22 @@ def fitted_gates(plan: MoePlan, device: str = "cpu") -> tuple[torch.Tensor, torc
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(plan.base_path, dtype=dtype, device_map=device).eval()
     tok = AutoTokenizer.from_pretrained(plan.base_path)
-    pos = [_router_inputs(model, tok, e.positive_prompts) for e in plan.experts]
-    neg = [_router_inputs(model, tok, e.negative_prompts) if e.negative_prompts else None for e in plan.experts]
-    n_layers = len(pos[0])
-    router = torch.stack([fit_router([p[layer] for p in pos], [n[layer] if n else None for n in neg])
-                          for layer in range(n_layers)])  # (layers, experts, hidden)
+    n_layers = model.config.num_hidden_layers
+    n_neg = sum(1 for e in plan.experts if e.negative_prompts)
+    with console.task("MoE: fitting gates", total=len(plan.experts) + n_neg + n_layers, unit="step") as bar:
+        pos, neg = [], []
+        for i, e in enumerate(plan.experts):  # the router inputs of every expert's prompts, then one fit per layer
+            pos.append(_router_inputs(model, tok, e.positive_prompts))
+            bar.update(advance=1, info=f"expert {i} prompts ({len(e.positive_prompts)})")
+        for i, e in enumerate(plan.experts):
+            neg.append(_router_inputs(model, tok, e.negative_prompts) if e.negative_prompts else None)
+            if e.negative_prompts:
+                bar.update(advance=1, info=f"expert {i} negative prompts ({len(e.negative_prompts)})")
+        gates = []
+        for layer in range(n_layers):
+            gates.append(fit_router([p[layer] for p in pos], [n[layer] if n else None for n in neg]))
+            bar.update(advance=1, info=f"layer {layer + 1}/{n_layers} fitted")
+    router = torch.stack(gates)  # (layers, experts, hidden)
     _warn_unseparated(router, pos)
     shared = None
     if plan.shared_experts:
