@@ -21,20 +21,18 @@ hands those calls to it. In a recording pass the call after the last task vector
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hpc_merge.mergekit_adapter.trim import _pick, keep_ties
+from hpc_merge.mergekit_adapter.topk import _pick, finite16, keep_ties, masked16
+from hpc_merge.mergekit_adapter.trim import ACTIVE
 
 if TYPE_CHECKING:
     import torch
 
 # (shift, width) of each radix digit, most significant first, for 15- and 31-bit magnitude keys
 _DIGITS = {15: ((0, 15),), 31: ((16, 15), (0, 16))}
-
-ACTIVE: contextvars.ContextVar[StreamingTrim | None] = contextvars.ContextVar("hpc_merge_chunk_trim", default=None)
 
 
 class ChunkRecorded(Exception):
@@ -68,7 +66,9 @@ class _Entry:
     prefix: int = 0
     above: int = 0
     counts: Any = None
+    dtype: Any = None
     remaining_ties: int = 0
+    finite: bool = False  # 16-bit keys with no inf/NaN: the mask is applied to the bits (topk.masked16)
 
     @property
     def trivial(self) -> bool:
@@ -82,9 +82,9 @@ class _Entry:
         import torch
 
         keys, bits = magnitude_keys(tensor)
-        if self.bits and bits != self.bits:
+        if self.bits and tensor.dtype != self.dtype:
             raise NotStreamable("dtype changed between chunks")
-        self.bits = bits
+        self.bits, self.dtype = bits, tensor.dtype
         shift, width = _DIGITS[bits][self.level]
         if self.level:
             keys = keys[(keys >> (shift + width)) == self.prefix]
@@ -98,6 +98,8 @@ class _Entry:
         if self.settled:
             return
         _shift, width = _DIGITS[self.bits][self.level]
+        if self.bits == 15:
+            self.finite = finite16(self.counts, self.dtype)
         digit, above = _pick(self.counts, self.k - self.above)
         self.above += above
         self.prefix = (self.prefix << width) | digit
@@ -111,6 +113,16 @@ class _Entry:
         keep = keys > self.prefix
         self.remaining_ties -= keep_ties(keep, keys, self.prefix, self.remaining_ties)
         return keep.view(tensor.shape)
+
+    def apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor * mask`` of this chunk (the whole tensor's threshold, the ties left in flat order)."""
+        from mergekit.sparsify import rescaled_masked_tensor
+
+        if self.finite and tensor.dtype == self.dtype:
+            out, used = masked16(tensor.contiguous(), self.prefix, self.remaining_ties)
+            self.remaining_ties -= used
+            return out
+        return rescaled_masked_tensor(tensor, self.mask(tensor).to(tensor.dtype), None)
 
 
 @dataclass
@@ -137,7 +149,6 @@ class StreamingTrim:
     def trim(self, tensor: torch.Tensor, density: float, rescale_norm: Any = None) -> torch.Tensor:
         """Stands in for the trim of one task vector's chunk (the i-th call of a chunk = vector i)."""
         import torch
-        from mergekit.sparsify import rescaled_masked_tensor
 
         index = self.calls % self.n_vectors
         self.calls += 1
@@ -156,7 +167,7 @@ class StreamingTrim:
             return torch.zeros_like(tensor)
         if rescale_norm is not None:
             raise NotStreamable("rescale needs the whole tensor's norm")
-        return rescaled_masked_tensor(tensor, entry.mask(tensor).to(tensor.dtype), None)
+        return entry.apply(tensor)
 
 
 @contextlib.contextmanager

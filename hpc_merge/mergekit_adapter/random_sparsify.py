@@ -20,6 +20,10 @@ identical for any ``chunk_size``, thread count or split of the work, and reprodu
 (``random_seed`` unset = 0). It is NOT mergekit's random stream: ``job.options.sparsify: mergekit``
 keeps mergekit's own draws (bit-identical to ``mergekit-yaml`` with the same ``random_seed``).
 
+The kernels are split by idea: the hash and its draws in :mod:`~hpc_merge.mergekit_adapter.counter_draws`,
+the exact norms in :mod:`~hpc_merge.mergekit_adapter.exact_norm`, DELLA's ranks in
+:mod:`~hpc_merge.mergekit_adapter.della_rank`; this module holds the drop-ins and where they draw.
+
 Chunked merges (:mod:`~hpc_merge.mergekit_adapter.chunked`) with rescaling run two passes: the
 first sums the norms (the call after the last task vector raises ``ChunkRecorded``), the second
 applies the masks and the whole tensor's scale. float64 task vectors are merged whole (their norm
@@ -30,18 +34,18 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, NotStreamable
+from hpc_merge.mergekit_adapter.counter_draws import keep_mask, signed_draws
+from hpc_merge.mergekit_adapter.della_rank import della_keep
+from hpc_merge.mergekit_adapter.exact_norm import exact_l1, rescale_factor
+from hpc_merge.mergekit_adapter.topk import INF16
 
 if TYPE_CHECKING:
     import torch
-
-_BLOCK = 1 << 16  # hashes per block: the int32 temporaries of one block stay in the CPU cache
-_RESOLUTION = 1 << 16  # one draw = 16 bits
 
 
 @dataclass
@@ -71,157 +75,30 @@ SITE: contextvars.ContextVar[Site | None] = contextvars.ContextVar("hpc_merge_ra
 SEED: contextvars.ContextVar[int | None] = contextvars.ContextVar("hpc_merge_random_seed", default=None)
 
 
-def _key(seed: int, name: str, vector: int) -> tuple[int, int]:
-    """Two 32-bit words (an odd multiplier and an offset) for one task vector of one tensor."""
-    digest = hashlib.blake2b(f"{seed}\0{name}\0{vector}".encode(), digest_size=8).digest()
-    mul = int.from_bytes(digest[:4], "little") | 1
-    add = int.from_bytes(digest[4:], "little")
-    return _signed32(mul), _signed32(add)
-
-
-def _signed32(x: int) -> int:
-    x &= 0xFFFFFFFF
-    return x - (1 << 32) if x >= 1 << 31 else x
-
-
-_M1, _M2 = _signed32(0x7FEB352D), _signed32(0x846CA68B)
-
-
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """``lowbias32`` in place on int32 (wrapping multiply; logical shifts by masking the sign-extended bits)."""
-    x ^= (x >> 16) & 0xFFFF
-    x *= _M1
-    x ^= (x >> 15) & 0x1FFFF
-    x *= _M2
-    x ^= (x >> 16) & 0xFFFF
-    return x
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run the hash blocks on one intra-op thread.
-
-    A block is a few hundred KB: split over threads it gains nothing, and on a shared machine the
-    threads' synchronisation cost 10-50 × the work (measured: 10 ms CPU per 4.4M draws on one
-    thread, 0.2-0.5 s on two under load).
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
-
-
-def keep_mask(seed: int, name: str, vector: int, start: int, count: int, density: float) -> torch.Tensor:
-    """Keep decisions (bool, flat) of elements ``start .. start+count-1`` of one task vector."""
-    with _one_thread():
-        return _keep_mask(seed, name, vector, start, count, density)
-
-
-def _keep_mask(seed: int, name: str, vector: int, start: int, count: int, density: float) -> torch.Tensor:
-    import torch
-
-    threshold = round(density * _RESOLUTION)
-    mul, add = _key(seed, name, vector)
-    first, stop = start // 2, (start + count + 1) // 2
-    out = torch.empty(2 * (stop - first), dtype=torch.bool)
-    pairs = out.view(-1, 2)
-    for a in range(first, stop, _BLOCK):
-        b = min(a + _BLOCK, stop)
-        x = torch.arange(a, b, dtype=torch.int64).to(torch.int32)
-        x *= mul
-        x += add
-        _hash32(x)
-        rows = pairs[a - first:b - first]
-        torch.lt(x & 0xFFFF, threshold, out=rows[:, 0])
-        torch.lt((x >> 16) & 0xFFFF, threshold, out=rows[:, 1])
-    skip = start - 2 * first
-    return out[skip:skip + count]
-
-
-# exact L1: (bits of the exponent field, of the mantissa, exponent bias) per float dtype
-_FORMATS = {"bfloat16": (8, 7, 127), "float16": (5, 10, 15), "float32": (8, 23, 127)}
-
-
-def exact_l1(x: torch.Tensor) -> int:
-    """Σ|x| exactly, as an integer in units of the dtype's smallest subnormal (order-independent).
-
-    16-bit floats: a histogram of the magnitudes' bit patterns; float32: integer mantissa sums per
-    exponent. Integer sums do not depend on how the elements were split or ordered.
-    """
-    import torch
-
-    name = str(x.dtype).removeprefix("torch.")
-    if name not in _FORMATS:
-        raise NotStreamable(name)
-    ebits, mbits, _bias = _FORMATS[name]
-    flat = x.reshape(-1)
-    mantissa_mask = (1 << mbits) - 1
-    if name == "float32":
-        bits = flat.abs().view(torch.int32)
-        exponent = (bits >> mbits).long()
-        mantissa = (bits & mantissa_mask).long()
-        mantissa += (exponent > 0).long() << mbits
-        sums = torch.zeros(1 << ebits, dtype=torch.int64).scatter_add_(0, exponent, mantissa).tolist()
-    else:  # count every magnitude pattern, then Σ count × mantissa per exponent (int64: exact)
-        counts = torch.bincount(flat.abs().view(torch.int16), minlength=1 << 15).view(1 << ebits, 1 << mbits)
-        values = torch.arange(1 << mbits, dtype=torch.int64) + (1 << mbits)
-        sums = (counts * values).sum(1)
-        sums[0] -= int(counts[0].sum()) << mbits  # subnormals: no implicit leading bit
-        sums = sums.tolist()
-    total = sums[0]
-    for e in range(1, (1 << ebits) - 1):  # the all-ones exponent is inf/nan: no norm to match
-        if sums[e]:
-            total += sums[e] << (e - 1)
-    return total
-
-
-def _unit(dtype: torch.dtype) -> float:
-    """Value of one unit of :func:`exact_l1` (the smallest subnormal) for ``dtype``."""
-    name = str(dtype).removeprefix("torch.")
-    _e, mbits, bias = _FORMATS[name]
-    return 2.0 ** (1 - bias - mbits)
-
-
-def _scale(before: int, after: int, dtype: torch.dtype, eps: float = 1e-7) -> float | None:
-    """mergekit's L1 rescale factor ``before / after``; None where mergekit leaves the masked tensor alone."""
-    unit = _unit(dtype)
-    if before * unit < eps or after * unit < eps:
-        return None
-    return before / after
-
-
-def draws16(seed: int, name: str, vector: int, start: int, count: int) -> torch.Tensor:
-    """The 16-bit draws (int32, 0..65535) behind :func:`keep_mask`, for a per-element keep probability."""
-    import torch
-
-    mul, add = _key(seed, name, vector)
-    first, stop = start // 2, (start + count + 1) // 2
-    out = torch.empty(stop - first, 2, dtype=torch.int32)
-    with _one_thread():
-        for a in range(first, stop, _BLOCK):
-            b = min(a + _BLOCK, stop)
-            x = torch.arange(a, b, dtype=torch.int64).to(torch.int32)
-            x *= mul
-            x += add
-            _hash32(x)
-            torch.bitwise_and(x, 0xFFFF, out=out[a - first:b - first, 0])
-            torch.bitwise_and(x >> 16, 0xFFFF, out=out[a - first:b - first, 1])
-    out = out.view(-1)
-    skip = start - 2 * first
-    return out[skip:skip + count]
-
-
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     """mergekit's working dtype for random drops on CPU: bf16 stays, others go to float32 (float64 stays)."""
     import torch
 
     return dtype if dtype in (torch.bfloat16, torch.float64) else torch.float32
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x * mask`` (bool mask): for 16-bit floats without inf/NaN by keeping the bits or only the sign bit.
+
+    ``x * 1 == x`` and ``x * 0`` is a zero of ``x``'s sign for finite ``x``, so the result is the
+    product's bits, without converting the mask to the float dtype (a third of the time).
+    """
+    import torch
+
+    name = str(x.dtype).removeprefix("torch.")
+    if name in INF16 and x.is_contiguous():
+        bits = x.view(torch.int16)
+        if bits.numel() == 0 or int((bits & 0x7FFF).max()) < INF16[name]:
+            word = mask.to(torch.int16).neg_()  # kept: -1 (all ones), dropped: 0
+            word |= -0x8000  # dropped elements keep their sign bit
+            word &= bits
+            return word.view(x.dtype)
+    return x * mask
 
 
 def _finish(site: Site, vector: int, tensor: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
@@ -230,7 +107,7 @@ def _finish(site: Site, vector: int, tensor: torch.Tensor, x: torch.Tensor, mask
     import torch
     from mergekit.sparsify import RescaleNorm
 
-    masked = x * mask
+    masked = _masked(x, mask)
     if rescale_norm is None:
         if site.recording and site.calls == site.n_vectors:
             raise ChunkRecorded
@@ -242,7 +119,7 @@ def _finish(site: Site, vector: int, tensor: torch.Tensor, x: torch.Tensor, mask
             before, after = float(x.abs().sum()), float(masked.abs().sum())
             factor = None if before < 1e-7 or after < 1e-7 else before / after
         else:
-            factor = _scale(exact_l1(x), exact_l1(masked), x.dtype)
+            factor = rescale_factor(exact_l1(x), exact_l1(masked), x.dtype)
     elif site.recording:  # pass 1 of a chunked merge: add this chunk to the whole tensor's norms
         site.sums.before[vector] = site.sums.before.get(vector, 0) + exact_l1(x)
         site.sums.after[vector] = site.sums.after.get(vector, 0) + exact_l1(masked)
@@ -250,7 +127,7 @@ def _finish(site: Site, vector: int, tensor: torch.Tensor, x: torch.Tensor, mask
             raise ChunkRecorded
         return tensor
     else:
-        factor = _scale(site.sums.before[vector], site.sums.after[vector], x.dtype)
+        factor = rescale_factor(site.sums.before[vector], site.sums.after[vector], x.dtype)
     if factor is not None:
         masked *= factor
     return masked.to(tensor.dtype)
@@ -297,24 +174,9 @@ def counter_della(tensor: torch.Tensor, density: float, epsilon: float, rescale_
         return _unchanged(site, torch.zeros_like(tensor))
     if density + epsilon >= 1 or density - epsilon <= 0:
         raise ValueError("Epsilon must be chosen such that density +/- epsilon is in (0, 1)")
-    work = _work_dtype(tensor.dtype)
-    x = tensor.to(work)
-    # mergekit ranks along dim 1 (a 1-D tensor is one row): make that dimension the last of a 2-D view
-    along = x.view(1, -1) if x.dim() < 2 else x.movedim(1, -1) if x.dim() > 2 else x
-    rows = along.reshape(-1, along.shape[-1])
-    magnitudes = rows.abs()
-    keys = magnitudes.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[magnitudes.element_size()])
-    order = torch.sort(keys, dim=1, stable=True).indices
-    cols = rows.shape[1]
-    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(1, cols + 1).expand(rows.shape[0], cols))
-    ranks = ranks.to(work)
-    low, high = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
-    probs = (density - epsilon) + ((ranks - low) / (high - low)).clamp(0, 1) * 2 * epsilon
-    probs = probs.view(along.shape)
-    probs = probs.view(x.shape) if x.dim() <= 2 else probs.movedim(-1, 1)
-    draws = draws16(site.seed, site.name, vector, site.offset, x.numel()).view(x.shape)
-    mask = (draws < probs.float() * _RESOLUTION).to(work)
-    return _finish(site, vector, tensor, x, mask, rescale_norm)
+    x = tensor.to(_work_dtype(tensor.dtype))
+    draws = signed_draws(site.seed, site.name, vector, site.offset, x.numel())
+    return _finish(site, vector, tensor, x, della_keep(x, draws, density, epsilon), rescale_norm)
 
 
 @contextlib.contextmanager

@@ -53,7 +53,7 @@ def test_ties_broken_by_lowest_index() -> None:
 def test_keep_ties_is_the_first_need_ties_by_index(n: int) -> None:
     """Massive ties (a handful of distinct keys, as on real bf16 task vectors): block counting
     finds exactly the first ``need`` tied elements, for every need including none and all."""
-    from hpc_merge.mergekit_adapter.trim import keep_ties
+    from hpc_merge.mergekit_adapter.topk import keep_ties
 
     g = torch.Generator().manual_seed(n)
     keys = torch.randint(0, 4, (n,), generator=g, dtype=torch.int16)
