@@ -46,12 +46,18 @@ class ZooSpec:
     #: partly (so experts need only small task vectors) but clearly less than its expert does.
     base_mix: dict = field(default_factory=lambda: {"complement": 0.45, "reversal": 0.45, "sorting": 0.25,
                                                     "shift": 0.3})
-    base_steps: int = 600
+    #: 450 steps leave the base well short of every skill (test split: complement 0.67, reversal
+    #: 0.72, sorting 0.70, shift 0.30), so each expert gains >= 20 points on its own (issue 21).
+    #: Training is not monotonic in the step count (the learning-rate schedule spans the run):
+    #: 400 or 600 steps give a base that already solves reversal (0.93 / 0.91).
+    base_steps: int = 450
     base_lr: float = 3e-3
-    expert_steps: int = 200
-    expert_lr: float = 4e-4
-    #: weight of the KL that keeps an expert equal to the base on the other skills (0 = off)
-    anchor_weight: float = 1.0
+    expert_steps: int = 300
+    expert_lr: float = 7e-4
+    #: weight of the KL that keeps an expert equal to the base on the other skills (0 = off); 2.0
+    #: keeps the larger task vectors of these longer fine-tunes mergeable (1.0: the sum of four
+    #: broke skills the base had)
+    anchor_weight: float = 2.0
     threads: int = 2  # CPU float results depend on the thread count: fixed, so builds are repeatable
 
     def key(self, arch: str) -> str:

@@ -1,6 +1,6 @@
 """The full zoo (the demo's pool): experts differ clearly, and the demo recipe meets the quality bar.
 
-Builds the full zoo (≈ 1 minute on 2 idle CPU cores, cached afterwards) and merges it in-process with
+Builds the full zoo (about 2.5 minutes on 2 idle CPU cores, cached afterwards) and merges it in-process with
 mergekit exactly as ``conf/merge/demo.yaml`` says.
 """
 
@@ -14,20 +14,15 @@ import yaml
 from hpc_merge import zoo
 from hpc_merge.evaluate import evaluate_model, load_tasks
 
-#: Runs apart from CI (``scripts/test.sh -m proof``): the full zoo's figures depend on the build (the
-#: CPU it trains on, the torch/transformers versions), and on today's build here the complement
-#: expert leads the base by 4.25 points (0.9275 vs 0.885 on 400 test prompts), under the 5-point
-#: margin, while the demo still keeps 94-100 % of each expert. A zoo whose experts gain >= 20
-#: points on every build (issue 21) is what brings this check back into CI without loosening it.
-pytestmark = [pytest.mark.integration, pytest.mark.proof]
+pytestmark = pytest.mark.integration
 
 DEMO = Path(__file__).resolve().parents[2] / "conf" / "merge" / "demo.yaml"
 BAR = 0.9
-#: Accuracy points an expert must lead by on its own skill, over the base and every other expert.
-#: The full zoo's experts are brief, anchored fine-tunes of a base that already knows every skill
-#: in part (that is what keeps them mergeable), so their leads are measured in points, not tens:
-#: 0.056 (reversal, base 0.93 -> 0.99) to 0.35 (shift) on 400 test examples. 0.05 on 400 examples
-#: is over 3 standard errors even at the reversal expert's 0.99.
+#: Accuracy points every expert gains over the base on its own skill (issue 21): with 400 test
+#: prompts (a standard error of about 2 points per accuracy) gain kept then has a resolution of a
+#: few percent, and the bar above is one the base fails on every skill (checked below).
+MIN_GAIN = 0.20
+#: Points an expert must lead every *other* expert by on its own skill: the experts differ.
 MARGIN = 0.05
 
 
@@ -68,8 +63,11 @@ def test_demo_recipe_keeps_90_percent_of_each_expert(full_zoo, tmp_path):
         print(f"  {name:<11}", *(f"{s[t]['accuracy']:.3f}" for t in tasks_order))
     print("  kept      ", *(f"{scores['merged'][t]['accuracy'] / scores[e][t]['accuracy']:.1%}"
                             for e, t in zoo.EXPERT_TASKS.items()))
+    print("  gain kept ", *(f"{(scores['merged'][t]['accuracy'] - scores['base'][t]['accuracy']) / (scores[e][t]['accuracy'] - scores['base'][t]['accuracy']):.1%}"
+                            for e, t in zoo.EXPERT_TASKS.items()))
     for expert, task in zoo.EXPERT_TASKS.items():
         own = scores[expert][task]["accuracy"]
-        assert own >= scores["base"][task]["accuracy"] + MARGIN, (expert, scores)
+        assert own >= scores["base"][task]["accuracy"] + MIN_GAIN, (expert, scores)
+        assert scores["base"][task]["accuracy"] < BAR * own, (task, scores)  # the base alone fails the bar
         assert all(own >= scores[o][task]["accuracy"] + MARGIN for o in zoo.EXPERT_TASKS if o != expert), scores
         assert scores["merged"][task]["accuracy"] >= BAR * own, (task, scores["merged"][task], own)
