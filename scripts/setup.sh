@@ -5,10 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+say() { echo "[$(date +%H:%M:%S)] setup: $*"; }
+[ -x .venv/bin/python ] || { say "creating .venv"; "$PY" -m venv .venv; }
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  say "installing ${TORCH_SPEC:-torch==2.13.0} (first time only)"
+  .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+fi
 stamp=.venv/.hpc_merge-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing hpc_merge and its dependencies (mergekit, transformers, hydra, submitit, wandb...; first time only, a few minutes)"
   .venv/bin/pip install -q -e ".[eval,dev]"
   touch "$stamp"
 fi
