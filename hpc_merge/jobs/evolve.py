@@ -36,20 +36,21 @@ from hpc_merge.evolve.search import SearchSettings, best_candidate, run_search
 from hpc_merge.evolve.worker import WorkerSpec, candidate_job
 from hpc_merge.jobs import merge as merge_job
 from hpc_merge.jobs.evolve_plan import PS_BEST, describe, validate
+from hpc_merge.jobs.plans import EvolvePlan
 from hpc_merge.run.files import FITNESS_PNG
 from hpc_merge.run.status import update_status
 
 __all__ = ["describe", "run", "validate", "worker_spec"]
 
 
-def worker_spec(plan: dict[str, Any], run_dir: Path, paths: dict[str, str] | None = None) -> WorkerSpec:
+def worker_spec(plan: EvolvePlan, run_dir: Path, paths: dict[str, str] | None = None) -> WorkerSpec:
     """What every evaluation worker gets (picklable); ``paths`` default to the plan's models."""
     return WorkerSpec(sources=dict(paths or plan["paths"]), donor=plan["donor"], fitness=plan["fitness"],
                       in_memory=plan["in_memory"], options=dict(plan["options"]), threads=plan["threads"],
                       scratch=str(run_dir / "scratch") if not plan["in_memory"] else None)
 
 
-def _evaluator(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, spec: WorkerSpec) -> Any:
+def _evaluator(cfg: DictConfig, plan: EvolvePlan, run_dir: Path, spec: WorkerSpec) -> Any:
     if plan["launcher"] == "slurm":
         cluster = OmegaConf.to_container(cfg.cluster, resolve=True)
         return launchers.slurm_evaluator(cluster, run_dir / "slurm_evolve", f"{cfg.get('name', 'evolve')}-cand",
@@ -59,7 +60,7 @@ def _evaluator(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, spec: Worke
     return launchers.local_evaluator(spec, plan["workers"], plan["timeout_s"])
 
 
-def _search(space: Any, settings: SearchSettings, plan: dict[str, Any], run_dir: Path, evaluate: Any, tracker: Any,
+def _search(space: Any, settings: SearchSettings, plan: EvolvePlan, run_dir: Path, evaluate: Any, tracker: Any,
             paths: dict[str, str], step_offset: int = 0) -> tuple[Any, str, dict[str, Any]]:
     """One CMA-ES search (resuming from ``run_dir``), reported per generation; returns state, stop reason, best."""
     with console.task("evolving", total=settings.max_evaluations, unit="candidate") as bar:
@@ -82,7 +83,7 @@ def _search(space: Any, settings: SearchSettings, plan: dict[str, Any], run_dir:
     return state, reason, best
 
 
-def _materialise_ps_best(recipe: dict[str, Any], plan: dict[str, Any], dest: Path) -> Path:
+def _materialise_ps_best(recipe: dict[str, Any], plan: EvolvePlan, dest: Path) -> Path:
     """Merge the PS best to ``dest`` (atomically; kept across resumes: same recipe, same bytes)."""
     stamp = json.dumps(recipe, sort_keys=True)
     if (dest / "config.json").is_file() and (dest / "hpc_merge_ps_recipe.json").is_file() \
@@ -95,14 +96,14 @@ def _materialise_ps_best(recipe: dict[str, Any], plan: dict[str, Any], dest: Pat
     return dest
 
 
-def _reference_recipes(plan: dict[str, Any], dtype: Any) -> dict[str, dict[str, Any]]:
+def _reference_recipes(plan: EvolvePlan, dtype: Any) -> dict[str, dict[str, Any]]:
     """The base and every source model as one-model recipes, so they are scored like candidates."""
     names = ([plan["base"]] if plan["base"] else []) + list(plan["experts"])
     extra = {"dtype": dtype} if dtype else {}
     return {ref: {"name": ref, "merge_method": "passthrough", "models": [{"model": ref}], **extra} for ref in names}
 
 
-def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
+def run(cfg: DictConfig, plan: EvolvePlan, run_dir: Path, tracker: Any) -> dict[str, Any]:
     """Search (resuming), report the best on the test split, export it, optionally merge it."""
     space = plan["space"]
     settings: SearchSettings = plan["settings"]

@@ -20,6 +20,7 @@ from hpc_merge.evolve.fitness import FitnessSpec
 from hpc_merge.evolve.launchers import check_memory, slurm_tasks
 from hpc_merge.evolve.search import SearchSettings
 from hpc_merge.evolve.space import SearchSpace
+from hpc_merge.jobs.plans import EvolvePlan
 from hpc_merge.resolve import resolve_model
 from hpc_merge.run.files import RESULT_FILE
 
@@ -63,7 +64,7 @@ def _x0(ev: dict[str, Any], space: SearchSpace, merge: dict[str, Any] | None) ->
                           "give a recipe with a value for every searched parameter, or null") from None
 
 
-def validate(cfg: DictConfig) -> dict[str, Any]:
+def validate(cfg: DictConfig) -> EvolvePlan:
     """Search space, fitness, budget, launcher and every model, checked before any work."""
     if cfg.get("evolve") is None:
         raise ConfigError("evolve", "no evolution recipe", "choose one: evolve=NAME (conf/evolve/)")
@@ -175,11 +176,11 @@ def _dfs_plan(ev: dict[str, Any], kind: str, sources: list[str], paths: dict[str
     return space, settings
 
 
-def _shown_paths(plan: dict[str, Any]) -> dict[str, str]:
+def _shown_paths(plan: EvolvePlan) -> dict[str, str]:
     return {**plan["paths"], PS_BEST: "<run_dir>/ps_best"}
 
 
-def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
+def describe(cfg: DictConfig, plan: EvolvePlan) -> str:
     """Dry-run text: the space (genes, bounds), the budget, the fitness and the centre recipe."""
     space: SearchSpace = plan["space"]
     s: SearchSettings = plan["settings"]

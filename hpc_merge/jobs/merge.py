@@ -16,6 +16,7 @@ from hpc_merge import console, split
 from hpc_merge import mergekit_adapter as mk
 from hpc_merge.cluster.executor import single_process
 from hpc_merge.jobs.merge_plan import effective_options, gpu_options_of, stages_of, validate
+from hpc_merge.jobs.plans import MergePlan
 from hpc_merge.jobs.skeleton import ReportModel, finish_model, output_dir
 from hpc_merge.modelcard import write_card
 from hpc_merge.resolve import resolve_model
@@ -27,7 +28,7 @@ from hpc_merge.split.slurm import run_array
 __all__ = ["describe", "effective_options", "run", "submit_split_parts", "validate"]
 
 
-def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
+def describe(cfg: DictConfig, plan: MergePlan) -> str:
     """Dry-run text: resolved mergekit YAML per stage, findings, resource estimate."""
     parts = []
     for st in plan["stages"]:
@@ -50,7 +51,7 @@ def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
+def run(cfg: DictConfig, plan: MergePlan, run_dir: Path, tracker: Any) -> dict[str, Any]:
     """Merge every stage (atomically), then smoke-test, evaluate and log the final model."""
     output = output_dir(cfg, run_dir)
     stage_out = {s["name"]: (output if i == len(plan["stages"]) - 1 else run_dir / STAGES_DIR / s["name"])
@@ -138,7 +139,7 @@ def _merge_split(config: dict[str, Any], options: dict[str, Any], tasks: int, ru
                      f"SLURM job array), {len(done['ran'])} merged now")
 
 
-def _report_models(plan: dict[str, Any], output: Path) -> list[ReportModel]:
+def _report_models(plan: MergePlan, output: Path) -> list[ReportModel]:
     """The merge report's rows: base, every source and the merged model."""
     final = plan["stages"][-1]["recipe"]
     base_ref = final.get("base_model")

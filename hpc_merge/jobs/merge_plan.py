@@ -6,6 +6,7 @@ output check and the resource estimate; :mod:`hpc_merge.jobs.merge` runs the pla
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from hpc_merge import archcheck, console, split
 from hpc_merge import mergekit_adapter as mk
 from hpc_merge.errors import ConfigError, did_you_mean
+from hpc_merge.jobs.plans import MergePlan, MergeStage
 from hpc_merge.models.inputcheck import check_inputs
 from hpc_merge.resolve import resolve_model
 from hpc_merge.run.outputs import check_output
@@ -56,7 +58,7 @@ def gpu_options_of(cfg: DictConfig, opts: dict[str, Any]) -> dict[str, Any]:
     return gpu
 
 
-def effective_options(plan: dict[str, Any], has_cuda: bool | None = None) -> dict[str, Any]:
+def effective_options(plan: Mapping[str, Any], has_cuda: bool | None = None) -> dict[str, Any]:
     """``job.options`` plus, where this node has a GPU (and the device is not pinned to cpu), the
     profile's ``gpu_options``: one profile serves the CPU login node's dry run and the GPU job."""
     opts = dict(plan["options"])
@@ -69,7 +71,7 @@ def effective_options(plan: dict[str, Any], has_cuda: bool | None = None) -> dic
     return opts
 
 
-def validate(cfg: DictConfig) -> dict[str, Any]:
+def validate(cfg: DictConfig) -> MergePlan:
     """Schema, model resolution, architecture check, mergekit's own validation, resource estimate."""
     if cfg.get("merge") is None:
         raise ConfigError("merge", "no merge recipe", "choose one: merge=NAME (conf/merge/) or mergekit_yaml=PATH")
@@ -121,7 +123,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
             "inputs": all_paths, "output": str(output), "split": split_parts}
 
 
-def _split_parts(stages: list[dict[str, Any]], opts: dict[str, Any], tasks: int) -> dict[str, list[Any]]:
+def _split_parts(stages: list[MergeStage], opts: dict[str, Any], tasks: int) -> dict[str, list[Any]]:
     """``{stage: parts}`` of a split merge (``job.tasks > 1``) for the stages whose inputs exist now;
     a stage that reads an earlier stage's output is split when it runs."""
     if tasks <= 1:
@@ -133,7 +135,7 @@ def _split_parts(stages: list[dict[str, Any]], opts: dict[str, Any], tasks: int)
     return out
 
 
-def _input_fields(stages: list[dict[str, Any]]) -> tuple[dict[str, Path], dict[str, Path]]:
+def _input_fields(stages: list[MergeStage]) -> tuple[dict[str, Path], dict[str, Path]]:
     """``({field: folder} of every input model, {field: folder} of each stage's tokenizer donor})``.
 
     The donor is the one the merge copies the tokenizer from: ``tokenizer_source: model:X``, else
@@ -153,7 +155,7 @@ def _input_fields(stages: list[dict[str, Any]]) -> tuple[dict[str, Path], dict[s
     return inputs, donors
 
 
-def _estimate(stages: list[dict[str, Any]]) -> dict[str, float]:
+def _estimate(stages: list[MergeStage]) -> dict[str, float]:
     last = stages[-1]
     inputs = [Path(p) for p in dict.fromkeys(p for s in stages for p in s["paths"].values())]
     if not inputs:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from hpc_merge import console
 from hpc_merge.archcheck import weight_bytes
 from hpc_merge.errors import ConfigError
+from hpc_merge.jobs.plans import MoeEstimate, MoeJobPlan
 from hpc_merge.jobs.skeleton import ReportModel, finish_model, output_dir
 from hpc_merge.mergekit_adapter import merge_options
 from hpc_merge.models.inputcheck import check_inputs
@@ -45,7 +46,7 @@ def build_options(opts: dict[str, Any]):
                         num_threads=opts.get("num_threads"))
 
 
-def estimate(plan: MoePlan) -> dict[str, float]:
+def estimate(plan: MoePlan) -> MoeEstimate:
     """Output size and peak RAM from the base config (no weight read).
 
     Output = the base without its MLPs + one MLP per (shared) expert + routers. Peak RAM ~ one
@@ -70,7 +71,7 @@ def estimate(plan: MoePlan) -> dict[str, float]:
             "write_gb": round(params * nbytes / gb, 3), "peak_ram_gb": round(peak / gb, 2)}
 
 
-def validate(cfg: DictConfig) -> dict[str, Any]:
+def validate(cfg: DictConfig) -> MoeJobPlan:
     """Recipe schema and rules, model resolution, shape/architecture checks, options, estimate."""
     if cfg.get("moe") is None:
         raise ConfigError("moe", "no MoE recipe", "choose one: +moe=NAME (conf/moe/), an experiment, or mergekit_yaml=PATH")
@@ -90,7 +91,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
             "output": str(Path(str(output)).expanduser().resolve()) if output else None}
 
 
-def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
+def describe(cfg: DictConfig, plan: MoeJobPlan) -> str:
     """Dry-run text: the resolved mergekit-moe recipe, the chosen output and writer, the estimate."""
     p = MoePlan.from_dict(plan["moe"])
     writer = "mergekit's MoE writer" if p.writer == "mergekit" else "hpc_merge's own writer (mergekit cannot build it)"
@@ -105,7 +106,7 @@ def describe(cfg: DictConfig, plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
+def run(cfg: DictConfig, plan: MoeJobPlan, run_dir: Path, tracker: Any) -> dict[str, Any]:
     """Build the MoE, check its routing on the experts' prompts, smoke-test, evaluate, log."""
     p = MoePlan.from_dict(plan["moe"])
     output = output_dir(cfg, run_dir)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from omegaconf import DictConfig, OmegaConf
 
 from hpc_merge.evaluate import load_tasks
+from hpc_merge.jobs.plans import PlanT
 from hpc_merge.report import merge_report
 from hpc_merge.run.files import MODEL_DIR
 from hpc_merge.run.status import update_status
@@ -25,16 +26,17 @@ from hpc_merge.tracking import Tracker
 ReportModel = tuple[str, str, str]
 
 
-class JobModule(Protocol):
-    """A job kind (``hpc_merge.jobs.<kind>``): a module with these three functions."""
+class JobModule(Protocol[PlanT]):
+    """A job kind (``hpc_merge.jobs.<kind>``): a module with these three functions, generic over
+    its plan type (:mod:`hpc_merge.jobs.plans`: MergePlan, MoeJobPlan or EvolvePlan)."""
 
-    def validate(self, cfg: DictConfig) -> dict[str, Any]:
+    def validate(self, cfg: DictConfig) -> PlanT:
         """Every check that can run before heavy work (raises ConfigError); returns the plan."""
 
-    def describe(self, cfg: DictConfig, plan: dict[str, Any]) -> str:
+    def describe(self, cfg: DictConfig, plan: PlanT) -> str:
         """The dry-run text: resolved recipe, findings, resource estimate."""
 
-    def run(self, cfg: DictConfig, plan: dict[str, Any], run_dir: Path, tracker: Tracker) -> dict[str, Any]:
+    def run(self, cfg: DictConfig, plan: PlanT, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
         """Do the work in the job process; returns the result fields (``output_model``, ``metrics``...)."""
 
 
