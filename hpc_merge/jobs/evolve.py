@@ -39,6 +39,7 @@ from hpc_merge.jobs.evolve_plan import PS_BEST, describe, validate
 from hpc_merge.jobs.plans import EvolvePlan
 from hpc_merge.run.files import FITNESS_PNG
 from hpc_merge.run.status import update_status
+from hpc_merge.schema.jobs import Smoke
 
 __all__ = ["describe", "run", "validate", "worker_spec"]
 
@@ -145,7 +146,7 @@ def run(cfg: DictConfig, plan: EvolvePlan, run_dir: Path, tracker: Any) -> dict[
         if plan["baseline"]:
             base_recipe = plan["baseline"]
             finals["baseline"] = candidate_job(candidate_key(base_recipe), base_recipe,
-                                               int(plan["options"].get("random_seed") or 0), fit.test_split)
+                                               int(plan["options"]["random_seed"]), fit.test_split)
         if ps_out is not None:
             finals["ps_best"] = candidate_job(candidate_key(ps_recipe), ps_recipe, 0, fit.test_split)
         for ref, recipe in refs.items():
@@ -194,15 +195,13 @@ def run(cfg: DictConfig, plan: EvolvePlan, run_dir: Path, tracker: Any) -> dict[
 def _final_merge(cfg: DictConfig, recipe: dict[str, Any], run_dir: Path, tracker: Any) -> dict[str, Any]:
     """Merge the best recipe with the merge job (smoke test, model card, merge report on the test split)."""
     sub = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    ev = OmegaConf.to_container(cfg.evolve, resolve=True)
-    fit = ev.get("fitness") or {}
+    fit = OmegaConf.to_container(cfg.evolve.fitness, resolve=True)  # typed by the schema: every field present
     with open_dict(sub):
         sub.merge = recipe
         sub.output = str(run_dir / "final")
         sub.job.kind = "merge"
-        sub.job.setdefault("smoke", {"enabled": True, "prompts": [], "max_new_tokens": 8, "text": None})
-        sub.eval = {"enabled": True, "tasks": list(fit.get("tasks") or ["zoo"]), "size": fit.get("size", "full"),
-                    "split": fit.get("test_split", "test")}
+        sub.job.setdefault("smoke", OmegaConf.structured(Smoke))  # an evolve job has none: the schema's default
+        sub.eval = {"enabled": True, "tasks": list(fit["tasks"]), "size": fit["size"], "split": fit["test_split"]}
         sub.force = True
     plan = merge_job.validate(sub)
     update_status(run_dir, phase="evolve:final_merge")

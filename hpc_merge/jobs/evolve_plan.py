@@ -31,7 +31,7 @@ PS_BEST = "evolve:ps_best"
 
 
 def _settings(ev: dict[str, Any], space: SearchSpace, merge: dict[str, Any] | None) -> SearchSettings:
-    budget = ev.get("budget") or {}
+    budget = ev["budget"]  # the typed fields below are present whatever the YAML says (the schema)
     pop = int(ev["population"])  # typed by the schema: present, an integer (no silent default)
     max_eval = int(budget.get("max_evaluations") or 0)
     if pop < 2:
@@ -69,26 +69,26 @@ def validate(cfg: DictConfig) -> EvolvePlan:
     if cfg.get("evolve") is None:
         raise ConfigError("evolve", "no evolution recipe", "choose one: evolve=NAME (conf/evolve/)")
     ev = OmegaConf.to_container(cfg.evolve, resolve=True)
-    kind = ev.get("space") or "ps"
+    kind = ev["space"]
     if kind not in SPACES:
         raise ConfigError("evolve.space", f"unknown space {kind!r}", f"use one of {', '.join(SPACES)}")
-    dfs = ev.get("dfs") or {}
+    dfs = ev["dfs"]
     ps_recipe = _ps_run_recipe(dfs.get("ps_run")) if kind == "ps+dfs" and dfs.get("ps_run") else None
     space = SearchSpace.from_config(ev) if kind != "dfs" else None
-    fitness = FitnessSpec.from_config(ev.get("fitness") or {})
+    fitness = FitnessSpec.from_config(ev["fitness"])
     merge = OmegaConf.to_container(cfg.merge, resolve=True) if cfg.get("merge") is not None else None
     settings = _settings(ev, space, merge) if space is not None else None
-    launcher = ev.get("launcher", "local")
+    launcher = ev["launcher"]
     if launcher not in LAUNCHERS:
         raise ConfigError("evolve.launcher", f"unknown launcher {launcher!r}", f"use one of {', '.join(LAUNCHERS)}")
     if launcher == "slurm" and (cfg.get("cluster") is None or cfg.cluster.get("kind") != "slurm"):
         raise ConfigError("evolve.launcher", "slurm arrays need a SLURM cluster profile", "add cluster=slurm")
-    if int(ev.get("workers") or 1) < 1:
+    if int(ev["workers"]) < 1:
         raise ConfigError("evolve.workers", "must be >= 1", "set evolve.workers=1")
     tasks, per_job = None, int(ev.get("candidates_per_job") or 1)
     cluster = OmegaConf.to_container(cfg.cluster, resolve=True) if launcher == "slurm" else {}
     if launcher == "slurm":  # candidates spread one per GPU (or CPU task) of each job: checked before submitting
-        tasks, per_job = slurm_tasks(cluster, ev.get("candidates_per_job"), ev.get("gpus_per_candidate", 1))
+        tasks, per_job = slurm_tasks(cluster, ev.get("candidates_per_job"), ev["gpus_per_candidate"])
     mk.merge_options(OmegaConf.to_container(cfg.job.options, resolve=True) if cfg.job.get("options") else {})
     base_ref = str(ev["base_model"]) if ev.get("base_model") else None
     refs = {"evolve.base_model": base_ref} if base_ref else {}
@@ -128,15 +128,15 @@ def validate(cfg: DictConfig) -> EvolvePlan:
         raise ConfigError("evolve.base_model", f"{paths[donor]} has no tokenizer files", "use a model with a tokenizer")
     options = OmegaConf.to_container(cfg.job.options, resolve=True) if cfg.job.get("options") else {}
     if tasks is not None:  # every task of a candidate job holds its own copy of the models
-        check_memory(tasks, cluster, paths, donor, bool(ev.get("in_memory", True)))
+        check_memory(tasks, cluster, paths, donor, bool(ev["in_memory"]))
     return {"space": dfs_space or space, "ps_space": space if kind != "ps" else None, "kind": kind,
             "ps_settings": ps_settings, "ps_recipe": ps_recipe, "base": base_ref,
             "experts": [m for m in dict.fromkeys([*(ev.get("models") or []), *dfs_sources]) if m != base_ref],
             "fitness": fitness, "settings": settings, "paths": paths, "donor": donor,
             "findings": findings, "baseline": baseline, "launcher": launcher, "options": options,
-            "workers": int(ev.get("workers") or 1), "threads": int(ev.get("threads_per_worker") or 1),
-            "in_memory": bool(ev.get("in_memory", True)), "timeout_s": ev.get("candidate_timeout_s"),
-            "per_job": per_job, "tasks": tasks, "final_merge": bool(ev.get("final_merge", False))}
+            "workers": int(ev["workers"]), "threads": int(ev["threads_per_worker"]),
+            "in_memory": bool(ev["in_memory"]), "timeout_s": ev.get("candidate_timeout_s"),
+            "per_job": per_job, "tasks": tasks, "final_merge": bool(ev["final_merge"])}
 
 
 def _ps_run_recipe(ps_run: Any) -> dict[str, Any]:
@@ -161,7 +161,7 @@ def _dfs_plan(ev: dict[str, Any], kind: str, sources: list[str], paths: dict[str
     ``evolve.dfs.start_model`` (default: the io model; for ps+dfs the PS best, so the search begins
     at the recipe PS found and its best is never worse on validation).
     """
-    dfs = ev.get("dfs") or {}
+    dfs = ev["dfs"]
     if not sources:
         raise ConfigError("evolve.dfs.models", "no source models", "list models in evolve.dfs.models or evolve.models")
     counts = {m: layer_count(paths[m]) for m in sources}
@@ -169,7 +169,7 @@ def _dfs_plan(ev: dict[str, Any], kind: str, sources: list[str], paths: dict[str
         raise ConfigError("evolve.dfs.models", f"layer counts differ: {counts}", "use models of one architecture and depth")
     models = [PS_BEST, *sources] if kind == "ps+dfs" else sources
     space = DfsSpace.from_config(ev, models, next(iter(counts.values())))
-    budget = {**(ev.get("budget") or {}), **{k: v for k, v in (dfs.get("budget") or {}).items() if v is not None}}
+    budget = {**ev["budget"], **{k: v for k, v in (dfs.get("budget") or {}).items() if v is not None}}
     sub = {**ev, **{k: dfs[k] for k in ("population", "sigma0", "seed") if dfs.get(k) is not None}, "budget": budget,
            "x0": None}
     settings = dataclasses.replace(_settings(sub, space, None), x0=tuple(space.start()))
