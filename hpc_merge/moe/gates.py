@@ -174,9 +174,8 @@ def fitted_gates(plan: MoePlan, device: str = "cpu") -> tuple[torch.Tensor, torc
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(plan.base_path, dtype=dtype, device_map=device).eval()
     tok = AutoTokenizer.from_pretrained(plan.base_path)
-    n_layers = model.config.num_hidden_layers
     n_neg = sum(1 for e in plan.experts if e.negative_prompts)
-    with console.task("MoE: fitting gates", total=len(plan.experts) + n_neg + n_layers, unit="step") as bar:
+    with console.task("MoE: fitting gates", total=len(plan.experts) + n_neg, unit="step") as bar:
         pos, neg = [], []
         for i, e in enumerate(plan.experts):  # the router inputs of every expert's prompts, then one fit per layer
             pos.append(_router_inputs(model, tok, e.positive_prompts))
@@ -185,6 +184,8 @@ def fitted_gates(plan: MoePlan, device: str = "cpu") -> tuple[torch.Tensor, torc
             neg.append(_router_inputs(model, tok, e.negative_prompts) if e.negative_prompts else None)
             if e.negative_prompts:
                 bar.update(advance=1, info=f"expert {i} negative prompts ({len(e.negative_prompts)})")
+        n_layers = len(pos[0])  # the layers the router inputs were taken from (not a config field)
+        bar.update(total=len(plan.experts) + n_neg + n_layers)
         gates = []
         for layer in range(n_layers):
             gates.append(fit_router([p[layer] for p in pos], [n[layer] if n else None for n in neg]))
