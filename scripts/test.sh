@@ -15,4 +15,8 @@ elif ! bash scripts/local_slurm.sh status >/dev/null 2>&1; then
   echo "  sudo bash scripts/local_slurm.sh up && bash scripts/test.sh" >&2
 fi
 export HPC_MERGE_CACHE=${HPC_MERGE_CACHE:-$PWD/.cache/test-models}
-exec .venv/bin/python -m pytest -m "not proof" -p no:cacheprovider -ra "$@"
+# Tests run on one pytest-xdist worker per core (HPC_MERGE_TEST_WORKERS=1: in this process, serially);
+# tests/conftest.py groups those that share a module-scoped build onto one worker.
+workers=${HPC_MERGE_TEST_WORKERS:-auto}
+xdist=(); [ "$workers" = 1 ] || xdist=(-n "$workers" --dist loadgroup)
+exec .venv/bin/python -m pytest -m "not proof" -p no:cacheprovider -ra "${xdist[@]}" "$@"

@@ -47,3 +47,29 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     """``python -m hpc_merge ARGS`` in a subprocess (the way users run it)."""
     return subprocess.run([sys.executable, "-m", "hpc_merge", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+#: Tests that build the same expensive model in a module-scoped fixture run on one xdist worker, so
+#: the build happens once (in this process) instead of once per worker, the others waiting on its lock.
+SHARED_BUILDS = {
+    "tests/integration/test_moe_routing.py": "full_zoo",
+    "tests/integration/test_zoo_full.py": "full_zoo",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group tests for ``pytest -n N --dist loadgroup`` (scripts/test.sh): every module with a
+    module-scoped fixture is one group (its fixture is built once, on one worker), modules that
+    build the same model share a group (``SHARED_BUILDS``); other tests spread one by one. The
+    integration tier is moved first, as its tests are the longest: with the longest work handed
+    out first, no worker is left alone with a long test at the end. Without xdist the marks are inert."""
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        group = SHARED_BUILDS.get(path)
+        if group is None and any(d.scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values()
+                                 for d in defs):
+            group = path
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda it: 0 if it.get_closest_marker("integration") else 1)
