@@ -234,7 +234,7 @@ def ensure_models(shape: Shape, n: int, kind: str = "dense") -> list[Path]:
 
 
 def recipe(method: str, models: list[Path], dtype: str = "bfloat16") -> dict:
-    """A mergekit config over ``models`` (the first is the base for TIES).
+    """A mergekit config over ``models`` (the first is the base for TIES and dare_ties).
 
     Scalar parameters only, so the floor script can apply the same arithmetic without
     mergekit's gradient/filter machinery. Fine-tunes share the weight equally.
@@ -243,9 +243,10 @@ def recipe(method: str, models: list[Path], dtype: str = "bfloat16") -> dict:
     if method == "linear":
         return {"merge_method": "linear", "dtype": dtype,
                 "models": [{"model": str(m), "parameters": {"weight": w}} for m in models]}
-    if method == "ties":
+    if method in ("ties", "dare_ties"):  # dare_ties: the same recipe, random (seeded) drops instead of top-k
         densities = [0.6, 0.5, 0.7, 0.4]
-        return {"merge_method": "ties", "base_model": str(models[0]), "dtype": dtype,
+        w = round(1.0 / max(1, len(models) - 1), 6)
+        return {"merge_method": method, "base_model": str(models[0]), "dtype": dtype,
                 "parameters": {"normalize": True},
                 "models": [{"model": str(m), "parameters": {"weight": w, "density": densities[i % 4]}}
                            for i, m in enumerate(models[1:])]}

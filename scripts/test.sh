@@ -15,6 +15,16 @@ elif ! bash scripts/local_slurm.sh status >/dev/null 2>&1; then
   echo "  sudo bash scripts/local_slurm.sh up && bash scripts/test.sh" >&2
 fi
 export HPC_MERGE_CACHE=${HPC_MERGE_CACHE:-$PWD/.cache/test-models}
+# The whole suite (no -m/-k given) first builds the two skills zoos side by side (cached, seconds
+# when built): one process each, so no test later waits on the other zoo's lock mid-suite.
+if [[ " $* " != *" -m "* && " $* " != *" -k "* ]]; then
+  echo "[$(date +%H:%M:%S)] test: building the test and full skills zoos (first time only, ~3 min)"
+  pids=()
+  for size in test full; do
+    .venv/bin/python -c "from hpc_merge.zoo import ensure_zoo; ensure_zoo('$size')" & pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+fi
 # Tests run on one pytest-xdist worker per core (HPC_MERGE_TEST_WORKERS=1: in this process, serially);
 # tests/conftest.py groups those that share a module-scoped build onto one worker.
 workers=${HPC_MERGE_TEST_WORKERS:-auto}

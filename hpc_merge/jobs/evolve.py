@@ -33,6 +33,7 @@ from hpc_merge.evolve.fitness import FitnessSpec
 from hpc_merge.evolve.quality import format_gain_table, gain_report
 from hpc_merge.evolve.report import report_generation
 from hpc_merge.evolve.search import SearchSettings, best_candidate, run_search
+from hpc_merge.evolve.state import load_state
 from hpc_merge.evolve.worker import WorkerSpec, candidate_job
 from hpc_merge.jobs import merge as merge_job
 from hpc_merge.jobs.evolve_plan import PS_BEST, describe, validate
@@ -64,6 +65,10 @@ def _evaluator(cfg: DictConfig, plan: EvolvePlan, run_dir: Path, spec: WorkerSpe
 def _search(space: Any, settings: SearchSettings, plan: EvolvePlan, run_dir: Path, evaluate: Any, tracker: Any,
             paths: dict[str, str], step_offset: int = 0) -> tuple[Any, str, dict[str, Any]]:
     """One CMA-ES search (resuming from ``run_dir``), reported per generation; returns state, stop reason, best."""
+    saved = load_state(run_dir)
+    if saved is not None and saved.generation:  # say so: a user who re-runs after a kill sees it picked up
+        console.note(f"resuming the search in {run_dir}: {saved.generation} generations and "
+                     f"{saved.evaluations} candidates already scored")
     with console.task("evolving", total=settings.max_evaluations, unit="candidate") as bar:
         def counted(jobs: list, on_result: Any) -> list:  # the bar moves as each candidate is scored
             return evaluate(jobs, lambda i, out: (on_result(i, out), bar.update(advance=1)))

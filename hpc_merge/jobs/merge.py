@@ -57,6 +57,7 @@ def run(cfg: DictConfig, plan: MergePlan, run_dir: Path, tracker: Any) -> dict[s
     stage_out = {s["name"]: (output if i == len(plan["stages"]) - 1 else run_dir / STAGES_DIR / s["name"])
                  for i, s in enumerate(plan["stages"])}
     timings: dict[str, float] = {}
+    split_timing: dict[str, dict[str, Any]] = {}  # job.tasks > 1: per stage, where the parts' time went
     read_total = plan["estimate"].get("read_bytes", 0)
     write_total = plan["estimate"].get("write_bytes", 0)
     for st in plan["stages"]:
@@ -79,7 +80,8 @@ def run(cfg: DictConfig, plan: MergePlan, run_dir: Path, tracker: Any) -> dict[s
             tasks = int(cfg.job.get("tasks") or 1)
             with model_dir(stage_out[st["name"]], run_dir, bool(plan["options"].get("trust_remote_code"))) as tmp:
                 if tasks > 1:  # N local processes, then one model (hpc_merge/split/)
-                    _merge_split(config, effective_options(plan), tasks, run_dir, st["name"], tmp, bar)
+                    split_timing[st["name"]] = _merge_split(config, effective_options(plan), tasks, run_dir,
+                                                            st["name"], tmp, bar)
                 else:
                     mk.run_mergekit(config, tmp, effective_options(plan), progress=progress)
                 write_card(tmp, f"{cfg.get('name', 'merge')} ({st['name']})", st["recipe"],
@@ -90,6 +92,8 @@ def run(cfg: DictConfig, plan: MergePlan, run_dir: Path, tracker: Any) -> dict[s
     timings["merge_s"] = round(sum(timings.values()), 3)
     size = sum(f.stat().st_size for f in output.glob("*.safetensors"))
     metrics: dict[str, Any] = {"output_bytes": size}
+    if split_timing:
+        metrics["split"] = split_timing
     tracker.log({"merge_time_s": timings["merge_s"], "output_bytes": size})
     finish_model(cfg, output, list(plan["inputs"]), _report_models(plan, output), run_dir, tracker, timings, metrics)
     tracker.summary({k: v for k, v in metrics.items() if isinstance(v, int | float)} | {"merge_time_s": timings["merge_s"]})
@@ -126,8 +130,9 @@ def submit_split_parts(cfg: DictConfig, cluster: dict[str, Any], run_dir: Path) 
 
 
 def _merge_split(config: dict[str, Any], options: dict[str, Any], tasks: int, run_dir: Path, stage: str,
-                 out: Path, bar: console.Task) -> None:
-    """One stage as ``tasks`` parts (finished parts of an earlier try reused), assembled into ``out``."""
+                 out: Path, bar: console.Task) -> dict[str, Any]:
+    """One stage as ``tasks`` parts (finished parts of an earlier try reused), assembled into ``out``;
+    returns how many parts ran and where their time went."""
 
     def progress(p: dict[str, Any]) -> None:
         update_status(run_dir, phase=f"merge:{stage}", **p)  # one run: tensors/bytes/ETA of all parts, a row per part
@@ -137,6 +142,8 @@ def _merge_split(config: dict[str, Any], options: dict[str, Any], tasks: int, ru
     if done["reused"]:
         console.echo(f"{len(done['reused'])} of {done['parts']} parts already recorded (an earlier try, or the "
                      f"SLURM job array), {len(done['ran'])} merged now")
+    return {"parts": done["parts"], "ran": len(done["ran"]),
+            **{k: done[k] for k in ("worker_start_s", "parts_merge_s") if k in done}}
 
 
 def _report_models(plan: MergePlan, output: Path) -> list[ReportModel]:

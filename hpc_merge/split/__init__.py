@@ -62,8 +62,22 @@ def merge_split(config: dict[str, Any], options: dict[str, Any], tasks: int, par
     for p in missing:  # written by another process: checked as a re-run would
         if valid_record(parts_root, p, fps[p], checksums=False) is None:
             raise JobFailed(f"{p.label} ended without a valid record in {parts_root}; re-run the same command")
+    timing = _part_timing(missing, parts_root, started)  # read before assembly: the records stay, not for long
     assemble(parts, parts_root, out)
-    return {"parts": len(parts), "reused": [p.label for p in reused], "ran": [p.label for p in missing]}
+    return {"parts": len(parts), "reused": [p.label for p in reused], "ran": [p.label for p in missing], **timing}
+
+
+def _part_timing(ran: list[Part], parts_root: Path, started: float) -> dict[str, float]:
+    """Where a split's time went: ``worker_start_s``, from starting the processes until the last
+    part began merging (a fresh Python importing torch and mergekit, per part), and
+    ``parts_merge_s``, the longest part's own merge (result.json ``metrics.split``)."""
+    from hpc_merge.split.progress import read_part_progress
+
+    rows = [r for p in ran if (r := read_part_progress(parts_root, p.label)) is not None]
+    if not rows:
+        return {}
+    return {"worker_start_s": round(max(r["started_at"] for r in rows) - started, 3),
+            "parts_merge_s": round(max(r["updated_at"] - r["started_at"] for r in rows), 3)}
 
 
 def remove_parts(parts_root: Path) -> None:

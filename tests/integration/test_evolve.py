@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,8 +25,9 @@ pytestmark = pytest.mark.integration
 #: Hand presets of conf/merge/ compared with the evolved recipe (all run on the zoo pool).
 PRESETS = ("demo", "linear", "balanced", "stem_focused", "high_accuracy", "progressive_density", "experimental_multi")
 
-SMALL = ["models=zoo_test", "evolve.fitness.size=test", "evolve.population=4", "evolve.workers=1",
-         "evolve.budget.max_evaluations=16", "evolve.baseline=null", "merge=linear", "evolve.x0=null", "logger=none"]
+SMALL = ["models=zoo_test", "evolve.fitness.size=test", "evolve.fitness.limit=20", "evolve.population=4",
+         "evolve.workers=1", "evolve.budget.max_evaluations=16", "evolve.baseline=null", "merge=linear", "evolve.x0=null",
+         "logger=none"]
 
 
 def _result(run_dir: Path) -> dict:
@@ -106,7 +108,7 @@ def test_evolved_recipe_beats_the_best_hand_preset(tmp_path: Path) -> None:
     assert f"merge_method: {res['best']['recipe']['merge_method']}" in dry.stdout
 
 
-def _kill_after_generation(args: list[str], gen: int, run_dir_hint: Path, pattern: str = "evolve/*/*/state.pkl") -> None:
+def _kill_after_generation(args: list[str], gen: int, run_dir_hint: Path, pattern: str) -> None:
     """Start the CLI, SIGKILL it (and its workers) once generation ``gen`` is saved (in a state
     file matching ``pattern`` under ``run_dir_hint``)."""
     from hpc_merge.evolve.state import load_state
@@ -135,9 +137,11 @@ def test_kill_and_resume_equals_uninterrupted(_logs_dir: Path) -> None:
     args = ["+experiment=evolve_demo", *SMALL, "evolve.budget.max_evaluations=20", "evolve.seed=5"]
     full = run_cli(*args, "run_id=full", timeout=900)
     assert full.returncode == 0, full.stderr[-3000:]
-    _kill_after_generation([*args, "run_id=killed"], gen=2, run_dir_hint=_logs_dir)
+    _kill_after_generation([*args, "run_id=killed"], gen=2, run_dir_hint=_logs_dir,  # not the full run's state
+                           pattern="evolve/evolve_demo/killed/state.pkl")
     resumed = run_cli(*args, "run_id=killed", timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert re.search(r"resuming the search in \S+killed: [2-4] generations", resumed.stdout), resumed.stdout[-2000:]
     a, b = _result(_run_dir(full.stdout)), _result(_run_dir(resumed.stdout))
     assert a["best"]["key"] == b["best"]["key"] and a["best"]["recipe"] == b["best"]["recipe"]
     assert a["best"]["fitness"] == b["best"]["fitness"] and a["evaluations"] == b["evaluations"]
@@ -193,8 +197,7 @@ def test_evolve_stem_preset_runs_here_and_final_merge_loads(_logs_dir: Path) -> 
 #: (``eval.*`` ones go to the MoE run only, ``models=`` to every run.)
 PROOF_ALL = os.environ.get("HPC_MERGE_PROOF_ARGS", "").split()
 PROOF_ARGS = [a for a in PROOF_ALL if not a.startswith("eval.")]
-DFS_SMALL = [*SMALL, "evolve.dfs.population=4", "evolve.dfs.repeats=1", "evolve.dfs.max_layers=6",
-             "evolve.fitness.limit=20"]
+DFS_SMALL = [*SMALL, "evolve.dfs.population=4", "evolve.dfs.repeats=1", "evolve.dfs.max_layers=6"]
 
 
 def test_psdfs_kill_and_resume_equals_uninterrupted(_logs_dir: Path) -> None:
@@ -208,6 +211,7 @@ def test_psdfs_kill_and_resume_equals_uninterrupted(_logs_dir: Path) -> None:
                            pattern="evolve/evolve_psdfs_demo/killed/state.pkl")
     resumed = run_cli(*args, "run_id=killed", timeout=1800)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert re.search(r"resuming the search in \S+killed: [1-4] generations", resumed.stdout), resumed.stdout[-2000:]
     a, b = _result(_run_dir(full.stdout)), _result(_run_dir(resumed.stdout))
     assert a["space"] == "ps+dfs" and a["best"]["recipe"]["merge_method"] == "passthrough"
 
