@@ -103,7 +103,8 @@ def run(ctx: Context) -> list[Table]:
             cpu = median([s.cpu_s or 0.0 for s in samples])
             table.add(method, name, wall, spread([s.wall_s for s in samples]), cpu,
                       "-" if name.endswith(" 1") else ratio(ref, wall), phase[name],
-                      "-" if name.endswith(" 1") else ratio(phase[first], phase[name]),
+                      # on SLURM the parts run in the array before the merge job, which only assembles
+                      "-" if name.endswith(" 1") or name.startswith("slurm") else ratio(phase[first], phase[name]),
                       "-" if start[name] != start[name] else start[name])
         speedup = median([s.wall_s for s in got["local 1"]]) / median([s.wall_s for s in got["local 2"]])
         table.notes.append(f"{method}: local job.tasks=2 vs 1: speed-up {speedup:.2f} × for the whole command, "
@@ -112,6 +113,8 @@ def run(ctx: Context) -> list[Table]:
     if not has_slurm:
         table.notes.append("the local SLURM cluster did not answer: SLURM rows left out "
                            "(sudo bash scripts/local_slurm.sh up)")
+    table.notes.append("merge phase: timings.merge_s of the run (on SLURM with job.tasks=2, the merge job's "
+                       "assembly only: the parts ran before it, in the array)")
     table.notes.append("CPU s counts the CLI process and its local workers; on SLURM the array elements and the "
                        "merge job run outside it, so their CPU is not in that column")
     table.notes.append("interleaved runs in one session; the machine is shared, so compare the ratios, not "
