@@ -69,15 +69,16 @@ def merge_split(config: dict[str, Any], options: dict[str, Any], tasks: int, par
 
 def _part_timing(ran: list[Part], parts_root: Path, started: float) -> dict[str, float]:
     """Where a split's time went: ``worker_start_s``, from starting the processes until the last
-    part began merging (a fresh Python importing torch and mergekit, per part), and
-    ``parts_merge_s``, the longest part's own merge (result.json ``metrics.split``)."""
+    part ran its first mergekit task (a fresh Python importing torch and mergekit and planning, per
+    part), and ``parts_merge_s``, the longest part's merge from there (result.json ``metrics.split``)."""
     from hpc_merge.split.progress import read_part_progress
 
     rows = [r for p in ran if (r := read_part_progress(parts_root, p.label)) is not None]
-    if not rows:
+    begun = [(r.get("first_task_at") or r["started_at"], r["updated_at"]) for r in rows]
+    if not begun:
         return {}
-    return {"worker_start_s": round(max(r["started_at"] for r in rows) - started, 3),
-            "parts_merge_s": round(max(r["updated_at"] - r["started_at"] for r in rows), 3)}
+    return {"worker_start_s": round(max(b for b, _ in begun) - started, 3),
+            "parts_merge_s": round(max(end - b for b, end in begun), 3)}
 
 
 def remove_parts(parts_root: Path) -> None:

@@ -50,9 +50,13 @@ def run_part(config: dict[str, Any], options: dict[str, Any], part: Part, parts_
     started = time.time()
     print(f"{part.label}: merging {len(part.names)} tensors ({part.read_bytes} bytes to read)", flush=True)
 
+    first: list[float] = []  # when mergekit ran its first task: imports and planning are behind it
+
     def progress(p: dict[str, Any]) -> None:
+        first[:] = first or [time.time()]
         write_part_progress(parts_root, part, "merging", started, tensors_done=p["tensors_done"],
-                            tensors_total=p["tensors_total"], read_frac=p["loads_done"] / max(p["loads_total"], 1))
+                            tensors_total=p["tensors_total"], read_frac=p["loads_done"] / max(p["loads_total"], 1),
+                            first_task_at=first[0])
 
     def record(tmp: Path) -> None:
         files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
@@ -64,7 +68,8 @@ def run_part(config: dict[str, Any], options: dict[str, Any], part: Part, parts_
     except BaseException:
         write_part_progress(parts_root, part, "failed", started)
         raise
-    write_part_progress(parts_root, part, "done", started, tensors_done=len(part.names), read_frac=1.0)
+    write_part_progress(parts_root, part, "done", started, tensors_done=len(part.names), read_frac=1.0,
+                        first_task_at=first[0] if first else None)
     print(f"{part.label}: done in {time.time() - started:.1f} s", flush=True)
     return dest
 

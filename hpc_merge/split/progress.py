@@ -27,15 +27,17 @@ def progress_path(parts_root: Path, label: str) -> Path:
 
 
 def write_part_progress(parts_root: Path, part: Part, state: str, started_at: float,
-                        tensors_done: int = 0, tensors_total: int | None = None, read_frac: float = 0.0) -> None:
-    """One part's progress now (atomic; ``state``: ``merging``, ``done`` or ``failed``)."""
+                        tensors_done: int = 0, tensors_total: int | None = None, read_frac: float = 0.0,
+                        first_task_at: float | None = None) -> None:
+    """One part's progress now (atomic; ``state``: ``merging``, ``done`` or ``failed``); ``first_task_at``:
+    when mergekit ran the part's first task (its imports and planning were done by then)."""
     from hpc_merge.procs.owner import hostname, slurm_job_id
 
     write_json(progress_path(parts_root, part.label), {
         "part": part.label, "state": state, "tensors_done": tensors_done,
         "tensors_total": len(part.names) if tensors_total is None else tensors_total,
         "bytes_read": round(part.read_bytes * max(0.0, min(1.0, read_frac))), "read_bytes": part.read_bytes,
-        "started_at": started_at, "updated_at": time.time(), "host": hostname(), "pid": os.getpid(),
+        "started_at": started_at, "first_task_at": first_task_at, "updated_at": time.time(), "host": hostname(), "pid": os.getpid(),
         "slurm_job_id": slurm_job_id(),
     })
 

@@ -129,6 +129,11 @@ def test_job_tasks_3_cli_equals_tasks_1_and_loads(tmp_path: Path) -> None:
     _assert_equal(_tensors(outs[1]), _tensors(outs[3]))
     assert len(list(outs[3].glob("*.safetensors"))) == 3
     assert not any((tmp_path / "logs").rglob("part-00001-of-00003"))  # parts removed once the model is in place
+    [result] = [json.loads(p.read_text()) for p in (tmp_path / "logs").rglob("result.json")
+                if json.loads(p.read_text()).get("metrics", {}).get("split")]
+    timing = result["metrics"]["split"]["final"]  # where the parts' time went: start-up, then merging
+    assert timing["parts"] == 3 and timing["ran"] == 3 and 0 < timing["worker_start_s"] < result["timings"]["merge_s"]
+    assert 0 < timing["parts_merge_s"] < result["timings"]["merge_s"]
     model = transformers.AutoModelForCausalLM.from_pretrained(outs[3])
     assert sum(p.numel() for p in model.parameters()) > 0
 
