@@ -15,28 +15,20 @@ elif ! bash scripts/local_slurm.sh status >/dev/null 2>&1; then
   echo "  sudo bash scripts/local_slurm.sh up && bash scripts/test.sh" >&2
 fi
 export HPC_MERGE_CACHE=${HPC_MERGE_CACHE:-$PWD/.cache/test-models}
-# The whole suite (no -m/-k given) builds the test and full skills zoos in the background while the
-# tests start (cached: seconds once built); a test that needs a zoo waits on its lock, the others
-# fill the cores meanwhile (the suite alone leaves about a quarter of 2 cores idle: SLURM waits).
-builders=()
-stop_builders() { for pid in "${builders[@]}"; do kill "$pid" 2>/dev/null || true; done; }
-trap stop_builders EXIT  # a run stopped early (Ctrl-C) leaves no build behind; its lock is then free
+# The whole suite (no -m/-k given) first builds the test and full skills zoos side by side (cached:
+# seconds once built), so no test waits on a zoo's lock mid-suite. Measured: building them in the
+# background while the tests start was slower (the builds starved, workers idled on their locks).
 if [[ " $* " != *" -m "* && " $* " != *" -k "* ]]; then
-  mkdir -p .cache
-  echo "[$(date +%H:%M:%S)] test: building the test and full skills zoos in the background (first time only, ~4 min)"
+  echo "[$(date +%H:%M:%S)] test: building the test and full skills zoos (first time only, ~4 min)"
+  pids=()
   for size in test full; do
-    HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error HPC_MERGE_PROGRESS=plain \
-      .venv/bin/python -c "from hpc_merge.zoo import ensure_zoo; ensure_zoo('$size')" \
-      > ".cache/zoo-build-$size.log" 2>&1 & builders+=($!)
+    HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error \
+      .venv/bin/python -c "from hpc_merge.zoo import ensure_zoo; ensure_zoo('$size')" & pids+=($!)
   done
+  for pid in "${pids[@]}"; do wait "$pid"; done
 fi
 # Tests run on one pytest-xdist worker per core (HPC_MERGE_TEST_WORKERS=1: in this process, serially);
 # tests/conftest.py groups those that share a module-scoped build onto one worker.
 workers=${HPC_MERGE_TEST_WORKERS:-auto}
 xdist=(); [ "$workers" = 1 ] || xdist=(-n "$workers" --dist loadgroup)
-rc=0
-.venv/bin/python -m pytest -m "not proof" -p no:cacheprovider -ra "${xdist[@]}" "$@" || rc=$?
-for pid in "${builders[@]}"; do  # long done by now, unless the run stopped early
-  wait "$pid" || { echo "a zoo build failed: see .cache/zoo-build-*.log" >&2; [ "$rc" != 0 ] || rc=1; }
-done
-exit "$rc"
+exec .venv/bin/python -m pytest -m "not proof" -p no:cacheprovider -ra "${xdist[@]}" "$@"
