@@ -27,10 +27,11 @@ import mergekit.sparsify
 from mergekit.common import ModelReference
 from mergekit.io.loader import TensorLoader
 from mergekit.io.tasks import LoaderCache
+from mergekit.merge_methods.generalized_task_arithmetic import GeneralizedTaskArithmeticMerge
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 from mergekit.plan import MergePlanner
 
-from hpc_merge.mergekit_adapter import random_sparsify
+from hpc_merge.mergekit_adapter import fused_combine, random_sparsify
 from hpc_merge.mergekit_adapter.archfix import architecture_info
 from hpc_merge.mergekit_adapter.chunked import chunk_plan
 from hpc_merge.mergekit_adapter.configcache import read_once
@@ -65,7 +66,8 @@ def mergekit_patches(options: dict[str, Any], mk_options: Any, *, only_tensors: 
     2. ``ModelReference.config`` read once per model (in memory only: the sources do not change).
     3. ``mergekit.sparsify.magnitude`` / ``magnitude_outliers``: the exact-k trim, and
     4. ``mergekit.sparsify.bernoulli`` / ``della_magprune`` + ``ExecuteMergeMethodTask.execute``:
-       counter-based draws — both unless ``sparsify: mergekit``.
+       counter-based draws, and ``GeneralizedTaskArithmeticMerge.merge_group``: the combine step
+       fused into one bit-identical kernel (bf16 on CPU) — all three unless ``sparsify: mergekit``.
     5. On disk: ``TensorLoader.get`` (``pread`` inputs), ``mergekit.io.tasks.TensorWriter``
        (streamed shards), ``mergekit.merge.get_architecture_info`` (fixed tables) and
        ``mergekit.merge._model_out_config`` (per-layer settings of the merged layers).
@@ -90,6 +92,7 @@ def mergekit_patches(options: dict[str, Any], mk_options: Any, *, only_tensors: 
             stack.enter_context(cached_configs())
         stack.enter_context(magnitude_trim(trim))
         stack.enter_context(counter_random(seed if seed is not None else mk_options.random_seed, trim))
+        stack.enter_context(fused_combine_step(trim))
         if on_disk:
             stack.enter_context(pread_inputs())
             stack.enter_context(stream_writes())
@@ -213,6 +216,26 @@ def counter_random(seed: int | None, mode: str = "fast") -> Iterator[None]:
             yield
     finally:
         random_sparsify.SEED.reset(token)
+
+
+@contextlib.contextmanager
+def fused_combine_step(mode: str = "fast") -> Iterator[None]:
+    """Inside the block the task-arithmetic family combines its task vectors in one kernel (``fast``).
+
+    ``fused_combine.merge_group`` forms and sparsifies the task vectors as mergekit does, then
+    weights, elects signs, sums, normalises and adds the base in one numba pass, bit-identical to
+    mergekit's bf16 arithmetic; other dtypes and devices run mergekit's ``merge_group``.
+    """
+    if mode == "mergekit":
+        yield
+        return
+    real = GeneralizedTaskArithmeticMerge.merge_group
+
+    def merge_group(self: GeneralizedTaskArithmeticMerge, group: Any, /, **parameters: Any) -> Any:
+        return fused_combine.merge_group(real, self, group, parameters)
+
+    with _replaced(GeneralizedTaskArithmeticMerge, "merge_group", merge_group):
+        yield
 
 
 @contextlib.contextmanager

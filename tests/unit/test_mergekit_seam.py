@@ -53,6 +53,8 @@ NAMES = sorted([
     "mergekit.merge._model_out_config",  # replaced (per-layer settings of the merged layers)
     "mergekit.merge.get_architecture_info",  # replaced (fixed architecture tables)
     "mergekit.merge.run_merge",
+    "mergekit.merge_methods.generalized_task_arithmetic.GeneralizedTaskArithmeticMerge",
+    "mergekit.merge_methods.generalized_task_arithmetic.GeneralizedTaskArithmeticMerge.merge_group",  # replaced (fused combine)
     "mergekit.merge_methods.task_adapter.ExecuteMergeMethodTask",
     "mergekit.merge_methods.task_adapter.ExecuteMergeMethodTask.execute",  # replaced (counter-based draws)
     "mergekit.plan.MergePlanner",
@@ -75,6 +77,7 @@ NAMES = sorted([
     "mergekit.sparsify",
     "mergekit.sparsify.RescaleNorm",
     "mergekit.sparsify.RescaleNorm.l1",
+    "mergekit.sparsify.sparsify",  # called by the fused merge_group (looked up at call time: patched trims apply)
     "mergekit.sparsify.bernoulli",  # replaced (counter-based DARE)
     "mergekit.sparsify.della_magprune",  # replaced (counter-based DELLA)
     "mergekit.sparsify.magnitude",  # replaced (exact-k trim)
@@ -121,6 +124,12 @@ INSTANCE_ATTRS = sorted([
     ("mergekit.merge_methods.task_adapter.ExecuteMergeMethodTask", "model_order"),
     ("mergekit.merge_methods.task_adapter.ExecuteMergeMethodTask", "base_model"),
     ("mergekit.merge_methods.task_adapter.ExecuteMergeMethodTask", "output_weight"),
+    ("mergekit.merge_methods.generalized_task_arithmetic.GeneralizedTaskArithmeticMerge", "consensus_method"),
+    ("mergekit.merge_methods.generalized_task_arithmetic.GeneralizedTaskArithmeticMerge", "sparsification_method"),
+    ("mergekit.merge_methods.base.TensorGroup", "base"),
+    ("mergekit.merge_methods.base.TensorGroup", "non_base"),
+    ("mergekit.merge_methods.base.TensorEntry", "tensor"),
+    ("mergekit.merge_methods.base.TensorEntry", "id"),
     ("mergekit.io.tasks.GatherTensors", "device"),
     ("mergekit.io.tasks.LoadTensor", "model"),
     ("mergekit.io.tasks.LoadTensor", "dtype"),

@@ -1,0 +1,105 @@
+"""The numba kernel behind :mod:`~hpc_merge.mergekit_adapter.fused_combine` (imported on first use).
+
+A module of its own so that numba compiles it once per machine: module-level ``njit(cache=True)``
+functions are cached beside this file and loaded in milliseconds by later processes (a kernel
+defined inside a function would be recompiled by every process).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+
+BLOCK = 8192  # elements per kernel block: n + 4 float rows of it stay in L1/L2
+
+
+@numba.njit(cache=True, inline="always")
+def _round(f: Any, u: Any, m: int) -> None:
+    """``f[:m]`` rounded to bf16 in place (``u`` is ``f``'s uint32 view); NaN -> torch's 0x7FC0."""
+    for k in range(m):
+        x = u[k]
+        if f[k] != f[k]:
+            u[k] = np.uint32(0x7FC00000)
+        else:
+            u[k] = ((x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)) << np.uint32(16)
+
+
+@numba.njit(parallel=True, cache=True)
+def combine_bf16(base: Any, deltas: Any, w: Any, consensus: int, normalize: bool, lam: Any, use_lam: bool,
+                 divisor_all: Any, out: Any) -> None:  # pragma: no cover - compiled
+    """``out`` = bf16 bits of base + the combined ``deltas`` (int16 bit patterns; see fused_combine)."""
+    n, total = deltas.shape
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    blocks = (total + BLOCK - 1) // BLOCK
+    for blk in numba.prange(blocks):
+        a = blk * BLOCK
+        m = min(total, a + BLOCK) - a
+        dw = np.empty((n, m), np.float32)
+        dwu = dw.view(np.uint32)
+        acc = np.empty(m, np.float32)
+        accu = acc.view(np.uint32)
+        div = np.empty(m, np.float32)
+        divu = div.view(np.uint32)
+        for i in range(n):  # weighted task vectors: bf16(delta * w)
+            wi = w[i]
+            for k in range(m):
+                dwu[i, k] = np.uint32(np.uint16(deltas[i, a + k])) << np.uint32(16)
+            for k in range(m):
+                dw[i, k] = dw[i, k] * wi
+            _round(dw[i], dwu[i], m)
+        if consensus == 0:  # task arithmetic: sum, one divisor for the whole tensor
+            for k in range(m):
+                acc[k] = zero
+            for i in range(n):
+                for k in range(m):
+                    acc[k] = acc[k] + dw[i, k]
+            _round(acc, accu, m)
+            for k in range(m):
+                div[k] = divisor_all
+        else:
+            for k in range(m):  # the elected sign: sum (or count of signs) >= 0 after rounding
+                acc[k] = zero
+            for i in range(n):
+                if consensus == 1:
+                    for k in range(m):
+                        acc[k] = acc[k] + dw[i, k]
+                else:
+                    for k in range(m):
+                        x = dw[i, k]
+                        acc[k] = acc[k] + (one if x > zero else (-one if x < zero else zero))
+            _round(acc, accu, m)
+            sgn = np.empty(m, np.float32)
+            for k in range(m):  # the elected sign per element; then the agreeing deltas' and weights' sums
+                sgn[k] = one if acc[k] >= zero else -one
+                acc[k] = zero
+                div[k] = zero
+            for i in range(n):
+                wi = w[i]
+                for k in range(m):
+                    x = dw[i, k]
+                    keep = (x > zero) if sgn[k] > zero else (x < zero)
+                    acc[k] = acc[k] + (x if keep else x * zero)
+                    div[k] = div[k] + (wi if keep else wi * zero)
+            _round(acc, accu, m)
+            _round(div, divu, m)
+            for k in range(m):
+                if div[k] == zero:
+                    div[k] = one
+        if normalize:
+            for k in range(m):
+                acc[k] = acc[k] / div[k]
+            _round(acc, accu, m)
+        if use_lam:
+            for k in range(m):
+                acc[k] = acc[k] * lam
+            _round(acc, accu, m)
+        for k in range(m):  # base + mixed, rounded; the top half of acc's bits is the output
+            divu[k] = np.uint32(np.uint16(base[a + k])) << np.uint32(16)
+            acc[k] = div[k] + acc[k]
+        _round(acc, accu, m)
+        for k in range(m):
+            out[a + k] = np.int16(np.uint16(accu[k] >> np.uint32(16)))
+
