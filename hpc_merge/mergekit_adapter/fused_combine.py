@@ -36,7 +36,7 @@ def _compile() -> Any:
     """The numba kernel (compiled, or loaded from numba's cache, on first use)."""
     global _kernel
     if _kernel is None:
-        from hpc_merge.mergekit_adapter.fused_kernel import combine_bf16
+        from hpc_merge.mergekit_adapter.numba_kernels import combine_bf16
 
         _kernel = combine_bf16
     return _kernel

@@ -143,3 +143,19 @@ def test_sparsify_mergekit_keeps_mergekit_stream(tiny_pool, tmp_path: Path) -> N
     ours, theirs = (load_file(tmp_path / d / "model.safetensors") for d in ("ours", "theirs"))
     for key in theirs:
         assert torch.equal(ours[key], theirs[key]), key
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 700), (64, 37), (5, 4096)])
+def test_della_radix_ranks_equal_a_stable_sort(shape: tuple[int, int]) -> None:
+    """The compiled per-row radix sort ranks like ``torch.sort(stable=True)``: ties by column, every bit pattern."""
+    from hpc_merge.mergekit_adapter.numba_kernels import rank_limits16
+
+    g = torch.Generator().manual_seed(shape[1])
+    for keys in (torch.randint(0, 1 << 15, shape, generator=g, dtype=torch.int16),  # high and low bytes both vary
+                 torch.randint(0, 5, shape, generator=g, dtype=torch.int16) * 257):  # ties everywhere
+        table = torch.randint(-32768, 32767, (shape[1],), generator=g, dtype=torch.int16)
+        order = torch.sort(keys, dim=1, stable=True).indices
+        want = torch.empty(shape, dtype=torch.int16).scatter_(1, order, table.expand(shape))
+        got = torch.empty(shape, dtype=torch.int16)
+        rank_limits16(keys.numpy(), table.numpy(), got.numpy())
+        assert torch.equal(got, want)

@@ -1,8 +1,10 @@
-"""The numba kernel behind :mod:`~hpc_merge.mergekit_adapter.fused_combine` (imported on first use).
+"""The compiled kernels: the fused bf16 combine (:mod:`~hpc_merge.mergekit_adapter.fused_combine`)
+and DELLA's per-row ranks (:mod:`~hpc_merge.mergekit_adapter.della_rank`); imported on first use.
 
-A module of its own so that numba compiles it once per machine: module-level ``njit(cache=True)``
+A module of its own so that numba compiles them once per machine: module-level ``njit(cache=True)``
 functions are cached beside this file and loaded in milliseconds by later processes (a kernel
-defined inside a function would be recompiled by every process).
+defined inside a function would be recompiled by every process), and importing numba (~0.5 s)
+is paid only by merges that use them.
 """
 
 from __future__ import annotations
@@ -103,3 +105,34 @@ def combine_bf16(base: Any, deltas: Any, w: Any, consensus: int, normalize: bool
         for k in range(m):
             out[a + k] = np.int16(np.uint16(accu[k] >> np.uint32(16)))
 
+
+
+@numba.njit(parallel=True, cache=True)
+def rank_limits16(keys: Any, table: Any, out: Any) -> None:  # pragma: no cover - compiled
+    """``out[r, j] = table[rank of keys[r, j] in its row]`` (rank 0 = smallest, equal keys by column).
+
+    ``keys`` are 15-bit magnitudes (int16 ≥ 0); a stable two-pass radix sort per row (low byte,
+    then the high 7 bits) gives the same order as ``torch.sort(keys, dim=1, stable=True)``.
+    """
+    rows, cols = keys.shape
+    for r in numba.prange(rows):
+        low = np.zeros(257, np.int64)
+        high = np.zeros(129, np.int64)
+        for j in range(cols):
+            k = keys[r, j]
+            low[(k & 0xFF) + 1] += 1
+            high[((k >> 8) & 0x7F) + 1] += 1
+        for b in range(256):
+            low[b + 1] += low[b]
+        for b in range(128):
+            high[b + 1] += high[b]
+        first = np.empty(cols, np.int64)
+        for j in range(cols):
+            b = keys[r, j] & 0xFF
+            first[low[b]] = j
+            low[b] += 1
+        for i in range(cols):
+            j = first[i]
+            b = (keys[r, j] >> 8) & 0x7F
+            out[r, j] = table[high[b]]
+            high[b] += 1
