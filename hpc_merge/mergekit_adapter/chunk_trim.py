@@ -1,4 +1,4 @@
-"""The exact-k TIES trim of a tensor that is only ever seen in row chunks.
+"""The exact-k TIES and breadcrumbs trims of a tensor that is only ever seen in row chunks.
 
 Why: TIES keeps the ``k = max(1, int(density · n))`` largest magnitudes of each task vector over
 the *whole* tensor. Trimming each row chunk on its own would keep a different set, so the chunked
@@ -14,7 +14,8 @@ on the whole tensor, bit for bit (tested).
 
 mergekit's method calls ``mergekit.sparsify.magnitude`` once per task vector, in input order, for
 every chunk; while a :class:`StreamingTrim` is active (:func:`streaming`), the installed exact trim
-hands those calls to it. In a recording pass the call after the last task vector's histogram raises
+hands those calls to it (breadcrumbs: two selections per task vector, the top ``n - bottom``
+minus the top ``n - bottom - target``, both streamed the same way). In a recording pass the call after the last task vector's histogram raises
 :class:`ChunkRecorded` so the rest of the method is not computed for nothing.
 """
 
@@ -74,6 +75,14 @@ class _Entry:
     def trivial(self) -> bool:
         return self.density >= 1 or self.density <= 0
 
+    def keep(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Bool mask of this chunk (all or nothing for a trivial selection)."""
+        import torch
+
+        if self.trivial:
+            return torch.full(tensor.shape, self.density >= 1, dtype=torch.bool)
+        return self.mask(tensor)
+
     @property
     def settled(self) -> bool:
         return self.trivial or (self.bits > 0 and self.level == len(_DIGITS[self.bits]))
@@ -126,12 +135,48 @@ class _Entry:
 
 
 @dataclass
+class _Band:
+    """Breadcrumbs' selection of one task vector: the top ``upper.k`` magnitudes minus the top ``lower.k``."""
+
+    upper: _Entry
+    lower: _Entry
+
+    @classmethod
+    def of(cls, numel: int, density: float, gamma: float) -> _Band:
+        """The two exact selections ``trim.exact_outliers`` takes of a ``numel``-element task vector."""
+        target = int(density * numel)
+        bottom = max(0, numel - target - int(gamma * numel))
+        ks = (numel - bottom, numel - bottom - target)
+        return cls(*(_Entry(k / numel, k) for k in ks))
+
+    @property
+    def settled(self) -> bool:
+        return self.upper.settled and self.lower.settled
+
+    def record(self, tensor: torch.Tensor) -> None:
+        for entry in (self.upper, self.lower):
+            if not entry.settled:
+                entry.record(tensor)
+
+    def end_pass(self) -> None:
+        self.upper.end_pass()
+        self.lower.end_pass()
+
+    def apply(self, tensor: torch.Tensor, rescale_norm: Any) -> torch.Tensor:
+        from mergekit.sparsify import rescaled_masked_tensor
+
+        keep = self.upper.keep(tensor)
+        keep &= ~self.lower.keep(tensor)
+        return rescaled_masked_tensor(tensor, keep.to(tensor.dtype), rescale_norm)
+
+
+@dataclass
 class StreamingTrim:
     """Exact-k trims of ``n_vectors`` task vectors of ``numel`` elements each, seen chunk by chunk."""
 
     n_vectors: int
     numel: int
-    entries: list[_Entry] = field(default_factory=list)
+    entries: list[Any] = field(default_factory=list)  # an _Entry per TIES vector, a _Band per breadcrumbs vector
     recording: bool = True
     calls: int = 0
 
@@ -168,6 +213,25 @@ class StreamingTrim:
         if rescale_norm is not None:
             raise NotStreamable("rescale needs the whole tensor's norm")
         return entry.apply(tensor)
+
+    def outliers(self, tensor: torch.Tensor, density: float, rescale_norm: Any = None,
+                 gamma: float = 0.01) -> torch.Tensor:
+        """Stands in for breadcrumbs' trim (``trim.exact_outliers``) of one task vector's chunk."""
+        index = self.calls % self.n_vectors
+        self.calls += 1
+        if len(self.entries) <= index:
+            self.entries.append(_Band.of(self.numel, density, gamma))
+        band = self.entries[index]
+        if self.recording:
+            band.record(tensor)
+            if index == self.n_vectors - 1:
+                raise ChunkRecorded
+            return tensor
+        if density >= 1:
+            return tensor
+        if rescale_norm is not None:
+            raise NotStreamable("rescale needs the whole tensor's norm")
+        return band.apply(tensor, None)
 
 
 @contextlib.contextmanager

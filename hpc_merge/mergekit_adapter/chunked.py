@@ -12,15 +12,16 @@ graph: it reads ``chunk_size`` bytes of rows per input at a time (``PreadSafeten
 runs the *same* mergekit method task on those rows and copies the result into the output tensor.
 Row-separable methods compute each output element from the same element (DELLA: the same row)
 of the inputs: ``linear``, ``task_arithmetic``, ``passthrough``, ``nearswap``, ``ties``,
-``dare_ties`` / ``dare_linear`` and ``della`` / ``della_linear`` (2-D tensors) — the last five
-only with ``job.options.sparsify: fast`` (the default). TIES
-(without ``rescale``) keeps the top-k of the whole tensor: :mod:`~hpc_merge.mergekit_adapter.chunk_trim`
-streams the chunks to find that threshold first. DARE's and DELLA's draws are a function of each
+``breadcrumbs`` / ``breadcrumbs_ties``, ``dare_ties`` / ``dare_linear`` and ``della`` /
+``della_linear`` (2-D tensors) — the last seven only with ``job.options.sparsify: fast`` (the
+default). TIES and breadcrumbs (without ``rescale``) keep the top-k (breadcrumbs: a band between
+two top-k) of the whole tensor: :mod:`~hpc_merge.mergekit_adapter.chunk_trim` streams the chunks
+to find those thresholds first. DARE's and DELLA's draws are a function of each
 element's coordinates (:mod:`~hpc_merge.mergekit_adapter.random_sparsify`); with ``rescale`` a first pass sums
 the whole task vectors' L1 norms exactly. Results are bit-identical to merging whole tensors (tested).
 
 Not chunked (whole tensors, as mergekit does): methods that need whole-tensor statistics (slerp,
-nuslerp, karcher, model_stock, sce, breadcrumbs, arcee_fusion, ram), mergekit's own random
+nuslerp, karcher, model_stock, sce, arcee_fusion, ram), mergekit's own random
 stream (``sparsify: mergekit``), tokenizer-aligned vocabularies, inputs that are not
 ``.safetensors`` or not on CPU, tensors whose inputs differ in shape, and float64 TIES/DARE.
 """
@@ -42,7 +43,8 @@ from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, NotStreamable, 
 from hpc_merge.mergekit_adapter.reader import PreadSafetensors
 
 ROW_SEPARABLE = ("linear", "task_arithmetic", "ties", "passthrough", "nearswap", "dare_ties", "dare_linear",
-                 "della", "della_linear")
+                 "della", "della_linear", "breadcrumbs", "breadcrumbs_ties")
+STREAMED_TRIM = ("ties", "breadcrumbs", "breadcrumbs_ties")  # whole-tensor thresholds found by a first pass
 RANDOM = ("dare_ties", "dare_linear", "della", "della_linear")  # chunked only with counter-based draws (sparsify: fast)
 PER_ROW = ("della", "della_linear")  # rank magnitudes within each row: 2-D tensors only, rows never split
 _FLOAT = {"bfloat16", "float16", "float32", "float64"}
@@ -175,7 +177,7 @@ def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers) -> C
     if task.method_name not in ROW_SEPARABLE or task.gather_tensors.device not in (None, "cpu"):
         return None
     params = dict(task.parameters.items())
-    streamed_trim = task.method_name == "ties"
+    streamed_trim = task.method_name in STREAMED_TRIM
     if streamed_trim and (trim_mode != "fast" or params.get("rescale")):
         return None
     seed = random_sparsify.SEED.get()

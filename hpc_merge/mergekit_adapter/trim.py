@@ -46,6 +46,9 @@ class RowChunkTrim(Protocol):
 
     def trim(self, tensor: torch.Tensor, density: float, rescale_norm: Any = None) -> torch.Tensor: ...
 
+    def outliers(self, tensor: torch.Tensor, density: float, rescale_norm: Any = None,
+                 gamma: float = 0.01) -> torch.Tensor: ...
+
 
 #: set by ``chunk_trim.streaming`` while a chunked merge runs: the exact trim hands its calls to it.
 #: It lives here, the lower module, so chunk_trim imports trim and never the other way round.
@@ -79,6 +82,8 @@ def exact_outliers(tensor: torch.Tensor, density: float, rescale_norm: Any = Non
     import torch
     from mergekit.sparsify import rescaled_masked_tensor
 
+    if (stream := ACTIVE.get()) is not None:  # a row chunk: the whole tensor's two thresholds apply
+        return stream.outliers(tensor, density, rescale_norm, gamma)
     if density >= 1:
         return tensor
     n = tensor.numel()

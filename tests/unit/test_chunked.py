@@ -54,6 +54,35 @@ def test_streamed_trim_keeps_the_whole_tensor_mask(dtype: torch.dtype, rows: int
         assert int(m.sum()) == max(1, int(d * v.numel()))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 7, 40])
+@pytest.mark.parametrize("density,gamma", [(0.5, 0.1), (0.9, 0.01), (0.95, 0.2), (1e-3, 0.0)])
+def test_streamed_breadcrumbs_keep_the_whole_tensor_band(dtype: torch.dtype, rows: int, density: float,
+                                                         gamma: float) -> None:
+    """Breadcrumbs' two thresholds streamed over row chunks keep exactly what ``exact_outliers`` keeps whole."""
+    from hpc_merge.mergekit_adapter.trim import exact_outliers
+
+    g = torch.Generator().manual_seed(rows)
+    vectors = [(torch.randn(40, 33, generator=g) * 0.02).to(dtype),
+               torch.randint(1, 6, (40, 33), generator=g).to(dtype) * 0.25]  # ties at both thresholds
+    bounds = [(a, min(a + rows, 40)) for a in range(0, 40, rows)]
+    state = StreamingTrim(n_vectors=2, numel=40 * 33)
+    with magnitude_trim("fast"), streaming(state):
+        while state.needs_pass():
+            for a, b in bounds:
+                with pytest.raises(ChunkRecorded):
+                    for v in vectors:
+                        exact_outliers(v[a:b], density, gamma=gamma)
+            state.end_pass()
+        got = [[] for _ in vectors]
+        for a, b in bounds:
+            for i, v in enumerate(vectors):
+                got[i].append(exact_outliers(v[a:b], density, gamma=gamma))
+    for v, parts in zip(vectors, got, strict=True):
+        want = exact_outliers(v, density, gamma=gamma)
+        assert torch.equal(torch.cat(parts), want), (dtype, rows, density, gamma)
+
+
 def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
     models = [{"model": str(pool[m]), "parameters": {"weight": w, "density": d}}
               for m, w, d in (("math", 0.6, 0.35), ("coder", 0.5, 0.6), ("science", 0.4, 0.5))]
@@ -70,7 +99,9 @@ def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
 
 
 @pytest.mark.parametrize("method,dtype", [("linear", "bfloat16"), ("task_arithmetic", "bfloat16"),
-                                          ("ties", "bfloat16"), ("ties", "float32"), ("nearswap", "float32")])
+                                          ("ties", "bfloat16"), ("ties", "float32"), ("nearswap", "float32"),
+                                          ("breadcrumbs", "bfloat16"), ("breadcrumbs_ties", "bfloat16"),
+                                          ("breadcrumbs", "float32")])
 def test_chunked_merge_is_bit_identical_to_whole_tensors(tiny_pool, tmp_path: Path, method: str, dtype: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A 1 KB chunk size splits every matrix into many row chunks; the saved model is the same bytes."""
