@@ -23,6 +23,7 @@ from typing import Any
 import mergekit.graph
 import mergekit.io.tasks
 import mergekit.merge
+import mergekit.merge_methods.sce
 import mergekit.sparsify
 from mergekit.common import ModelReference
 from mergekit.io.loader import TensorLoader
@@ -39,7 +40,7 @@ from hpc_merge.mergekit_adapter.layerfix import fix_output_config
 from hpc_merge.mergekit_adapter.options import chunk_size
 from hpc_merge.mergekit_adapter.progress import ProgressFn, ProgressTqdm
 from hpc_merge.mergekit_adapter.reader import PreadSafetensors
-from hpc_merge.mergekit_adapter.trim import exact_magnitude, exact_outliers, sparsify_mode
+from hpc_merge.mergekit_adapter.trim import exact_magnitude, exact_outliers, exact_sce_mask, sparsify_mode
 from hpc_merge.mergekit_adapter.writer import StreamingTensorWriter, header_room, reserve_headers
 
 #: A plan transform: ``MergePlanner._tensors`` in, the list the planner keeps out.
@@ -64,7 +65,8 @@ def mergekit_patches(options: dict[str, Any], mk_options: Any, *, only_tensors: 
     1. ``LoaderCache.loaders`` emptied (inputs may have been rewritten since an earlier merge in
        this process), or filled with ``loaders``; emptied again after.
     2. ``ModelReference.config`` read once per model (in memory only: the sources do not change).
-    3. ``mergekit.sparsify.magnitude`` / ``magnitude_outliers``: the exact-k trim, and
+    3. ``mergekit.sparsify.magnitude`` / ``magnitude_outliers`` and ``mergekit.merge_methods.sce.sce_mask``:
+       the exact-k trim, and
     4. ``mergekit.sparsify.bernoulli`` / ``della_magprune`` + ``ExecuteMergeMethodTask.execute``:
        counter-based draws, and ``GeneralizedTaskArithmeticMerge.merge_group``: the combine step
        fused into one bit-identical kernel (bf16 on CPU) — all three unless ``sparsify: mergekit``.
@@ -175,16 +177,18 @@ def planner_hook(transforms: list[PlanTransform]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def magnitude_trim(mode: str = "fast") -> Iterator[None]:
-    """The exact-k trims (``trim.py``) for ``magnitude`` and ``magnitude_outliers`` inside the block (``fast``).
+    """The exact-k trims (``trim.py``) for ``magnitude``, ``magnitude_outliers`` and SCE's
+    ``sce_mask`` inside the block (``fast``).
 
-    ``mergekit.sparsify.sparsify`` looks them up in its module at call time, so replacing the
-    module attributes reaches every merge method that trims by magnitude.
+    ``mergekit.sparsify.sparsify`` and ``sce_merge`` look them up in their modules at call time, so
+    replacing the module attributes reaches every merge method that trims by magnitude or variance.
     """
     if mode == "mergekit":
         yield
         return
     with _replaced(mergekit.sparsify, "magnitude", exact_magnitude), \
-            _replaced(mergekit.sparsify, "magnitude_outliers", exact_outliers):
+            _replaced(mergekit.sparsify, "magnitude_outliers", exact_outliers), \
+            _replaced(mergekit.merge_methods.sce, "sce_mask", exact_sce_mask):
         yield
 
 

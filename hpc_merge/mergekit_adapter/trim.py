@@ -96,6 +96,29 @@ def exact_outliers(tensor: torch.Tensor, density: float, rescale_norm: Any = Non
     return rescaled_masked_tensor(tensor, keep.to(tensor.dtype), rescale_norm)
 
 
+def exact_sce_mask(tvs: torch.Tensor, density: float, mask_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Drop-in for ``mergekit.merge_methods.sce.sce_mask`` (SCE's "select": top-k by variance across inputs).
+
+    The same ``k = int(count_nonzero(var) · density)`` elements of largest variance, selected with
+    the exact trim (a histogram of the variance's bit patterns, ties by lowest index) instead of
+    ``torch.topk`` with a k of half the tensor — which was most of an SCE merge's time and, with its
+    values and int64 indices, most of its memory (4.9 GB for three 0.5B models). Outside ties at
+    the threshold, where ``topk``'s choice is unspecified, the mask is mergekit's.
+    """
+    import torch
+
+    if density <= 0:
+        return torch.zeros_like(tvs[0], dtype=mask_dtype)
+    if density >= 1:
+        return torch.ones_like(tvs[0], dtype=mask_dtype)
+    var = torch.var(tvs, dim=0, unbiased=False)
+    dtype = var.dtype if mask_dtype is None else mask_dtype
+    k = int(torch.count_nonzero(var) * density)
+    if k == 0:
+        return torch.zeros_like(var, dtype=dtype)
+    return top_k_mask(var, k).to(dtype)
+
+
 def exact_magnitude(tensor: torch.Tensor, density: float, rescale_norm: Any = None) -> torch.Tensor:
     """Drop-in for ``mergekit.sparsify.magnitude`` (same signature, same edge cases and rescaling).
 

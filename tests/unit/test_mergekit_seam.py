@@ -53,6 +53,9 @@ NAMES = sorted([
     "mergekit.merge._model_out_config",  # replaced (per-layer settings of the merged layers)
     "mergekit.merge.get_architecture_info",  # replaced (fixed architecture tables)
     "mergekit.merge.run_merge",
+    "mergekit.merge_methods",
+    "mergekit.merge_methods.sce",
+    "mergekit.merge_methods.sce.sce_mask",  # replaced (exact top-k by variance)
     "mergekit.merge_methods.generalized_task_arithmetic.GeneralizedTaskArithmeticMerge",
     "mergekit.merge_methods.generalized_task_arithmetic.GeneralizedTaskArithmeticMerge.merge_group",  # replaced (fused combine)
     "mergekit.merge_methods.task_adapter.ExecuteMergeMethodTask",

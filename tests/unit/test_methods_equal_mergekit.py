@@ -2,8 +2,8 @@
 
 Every method whose result does not depend on a trim's tie order or a random stream must give
 mergekit's tensors exactly, whatever our adapter changed around it. The trims (ties, breadcrumbs)
-equal mergekit with ``sparsify: mergekit``; their ``fast`` trims are tested against mergekit's in
-``test_trim.py``, the random methods in ``test_random_sparsify.py``.
+equal mergekit with ``sparsify: mergekit``; their ``fast`` trims (and SCE's top-k by variance) are tested
+against mergekit's in ``test_trim.py``, the random methods in ``test_random_sparsify.py``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from bench.methods import method_recipe
 from hpc_merge import mergekit_adapter as mk
 
 DETERMINISTIC = ("linear", "task_arithmetic", "slerp", "nuslerp", "multislerp", "karcher", "model_stock",
-                 "arcee_fusion", "ram", "ramplus_tl", "nearswap", "passthrough", "sce")
-TRIMS = ("ties", "breadcrumbs", "breadcrumbs_ties")
+                 "arcee_fusion", "ram", "ramplus_tl", "nearswap", "passthrough")
+TRIMS = ("ties", "breadcrumbs", "breadcrumbs_ties", "sce")  # top-k selections: equal up to ties with sparsify fast
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:

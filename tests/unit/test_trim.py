@@ -89,6 +89,29 @@ def test_breadcrumbs_trim_is_mergekits_up_to_ties(dtype: torch.dtype, density: f
         assert torch.equal(theirs[kt & ko], ours[kt & ko])
 
 
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("coarse", [False, True])
+def test_sce_mask_is_mergekits_up_to_ties(density: float, coarse: bool) -> None:
+    """SCE's selection: mergekit's k and dtype; disagreements only among variances equal to the k-th."""
+    from mergekit.merge_methods.sce import sce_mask
+
+    from hpc_merge.mergekit_adapter.trim import exact_sce_mask
+
+    g = torch.Generator().manual_seed(3)
+    tvs = torch.randn(3, 41, 57, generator=g) * 0.01
+    if coarse:  # few distinct values: many equal variances, some zero
+        tvs = torch.randint(-2, 3, tvs.shape, generator=g) * 0.25
+    tvs = tvs.to(torch.bfloat16)
+    theirs, ours = sce_mask(tvs, density), exact_sce_mask(tvs, density)
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    assert int(ours.sum()) == int(theirs.sum())
+    var = torch.var(tvs, dim=0, unbiased=False)
+    differ = ours != theirs
+    if differ.any():
+        kept = var[ours.bool()]
+        assert torch.all(var[differ] == kept.min()), "a difference away from the threshold"
+
+
 def test_output_bit_identical_outside_ties_and_edge_cases() -> None:
     """Same values as mergekit where both keep an element, rescaling included; trivial densities alike."""
     from mergekit.sparsify import RescaleNorm, magnitude
