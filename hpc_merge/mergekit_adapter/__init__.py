@@ -20,14 +20,21 @@ workarounds for known mergekit bugs (see ``../shared/notes/mergekit-facts.md``):
 Every runtime patch of mergekit (the workarounds above, the trim, the draws, the reader, the
 streamed writer, chunking, a split part's restriction, progress) is in ``patches.py``, applied by
 one context manager, ``mergekit_patches``, around every merge: on disk, chunked, split, in memory.
+
+Before mergekit is first imported, ``lazy_peft.install()`` defers its module-level ``import peft``
+(seconds of start-up) to the one place mergekit uses it: a LoRA model reference.
 """
 
-from hpc_merge.mergekit_adapter.archfix import architecture_info
-from hpc_merge.mergekit_adapter.archsupport import SUPPORT, check_support
-from hpc_merge.mergekit_adapter.execute import copy_tokenizer_files, donor_has_tokenizer, run_mergekit
-from hpc_merge.mergekit_adapter.layerfix import fix_output_config
-from hpc_merge.mergekit_adapter.options import merge_options
-from hpc_merge.mergekit_adapter.recipe import (
+from hpc_merge.mergekit_adapter import lazy_peft
+
+lazy_peft.install()
+
+from hpc_merge.mergekit_adapter.archfix import architecture_info  # noqa: E402
+from hpc_merge.mergekit_adapter.archsupport import SUPPORT, check_support  # noqa: E402
+from hpc_merge.mergekit_adapter.execute import copy_tokenizer_files, donor_has_tokenizer, run_mergekit  # noqa: E402
+from hpc_merge.mergekit_adapter.layerfix import fix_output_config  # noqa: E402
+from hpc_merge.mergekit_adapter.options import merge_options  # noqa: E402
+from hpc_merge.mergekit_adapter.recipe import (  # noqa: E402
     DTYPES,
     MODEL_KEYS,
     OWN_KEYS,
@@ -37,8 +44,8 @@ from hpc_merge.mergekit_adapter.recipe import (
     check_recipe,
     method_specs,
 )
-from hpc_merge.mergekit_adapter.translate import model_refs, to_mergekit, validate_with_mergekit
-from hpc_merge.mergekit_adapter.trim import SPARSIFY_MODES, exact_magnitude, sparsify_mode
+from hpc_merge.mergekit_adapter.translate import model_refs, to_mergekit, validate_with_mergekit  # noqa: E402
+from hpc_merge.mergekit_adapter.trim import SPARSIFY_MODES, exact_magnitude, sparsify_mode  # noqa: E402
 
 __all__ = ["check_recipe", "to_mergekit", "run_mergekit", "merge_options", "method_specs", "model_refs",
            "donor_has_tokenizer", "copy_tokenizer_files", "validate_with_mergekit", "DTYPES", "MODEL_KEYS",
