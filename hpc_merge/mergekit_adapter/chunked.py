@@ -43,7 +43,7 @@ from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, NotStreamable, 
 from hpc_merge.mergekit_adapter.reader import PreadSafetensors
 
 ROW_SEPARABLE = ("linear", "task_arithmetic", "ties", "passthrough", "nearswap", "dare_ties", "dare_linear",
-                 "della", "della_linear", "breadcrumbs", "breadcrumbs_ties")
+                 "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "ram")
 STREAMED_TRIM = ("ties", "breadcrumbs", "breadcrumbs_ties")  # whole-tensor thresholds found by a first pass
 RANDOM = ("dare_ties", "dare_linear", "della", "della_linear")  # chunked only with counter-based draws (sparsify: fast)
 PER_ROW = ("della", "della_linear")  # rank magnitudes within each row: 2-D tensors only, rows never split

@@ -95,13 +95,15 @@ def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
                 "parameters": {"t": 0.001}, "models": [{"model": str(pool["math"])}]}
     if method == "task_arithmetic":
         models = [{"model": m["model"], "parameters": {"weight": m["parameters"]["weight"]}} for m in models]
+    if method == "ram":  # per-element masks and overlap counts: no weights or densities
+        models = [{"model": m["model"]} for m in models]
     return {"merge_method": method, "base_model": str(pool["base"]), "dtype": dtype, "models": models}
 
 
 @pytest.mark.parametrize("method,dtype", [("linear", "bfloat16"), ("task_arithmetic", "bfloat16"),
                                           ("ties", "bfloat16"), ("ties", "float32"), ("nearswap", "float32"),
                                           ("breadcrumbs", "bfloat16"), ("breadcrumbs_ties", "bfloat16"),
-                                          ("breadcrumbs", "float32")])
+                                          ("breadcrumbs", "float32"), ("ram", "bfloat16")])
 def test_chunked_merge_is_bit_identical_to_whole_tensors(tiny_pool, tmp_path: Path, method: str, dtype: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A 1 KB chunk size splits every matrix into many row chunks; the saved model is the same bytes."""
