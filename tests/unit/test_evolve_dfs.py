@@ -98,7 +98,8 @@ def test_the_scale_realises_scaling_the_stream_entering_the_layer(test_zoo) -> N
     t = len(space.slots)
     on = {2 * layer + (0 if layer < 2 else 1): 0.9 for layer in range(4)}  # A0 A1 B2 B3
     plain, scaled = (_genotype(space, on, {5: g}) for g in (0.5, 0.2))  # slot 5 = B2: scale 1.0, 0.7
-    assert _path(space.decode(scaled))[2] == (B, 2, round(1 / 0.7, 4))
+    switch = _path(space.decode(scaled))[2]
+    assert switch == (B, 2, round(1 / 0.7, 4))
     spec = WorkerSpec(sources=paths, donor=A, fitness=FitnessSpec(tasks=("zoo:sorting",), size="test"))
     ev = CandidateEvaluator(spec)
     ids = ev.tokenizer(["sort: c a b ->", "complement: 1 2 ="], return_tensors="pt", padding=True)
@@ -120,7 +121,7 @@ def test_the_scale_realises_scaling_the_stream_entering_the_layer(test_zoo) -> N
 
     # the recipe carries 1/s rounded to the space's decimals (1.4286): the hook scales by what it realises
     realised, unscaled = logits(scaled), logits(plain)
-    reference = logits(plain, hook_scale=1 / _path(space.decode(scaled))[2][2])
+    reference = logits(plain, hook_scale=1 / switch[2])
     effect, error = (realised - unscaled).abs().max().item(), (realised - reference).abs().max().item()
     print(f"effect of the scale {effect:.3g}, realised vs scaled stream {error:.3g}, logits up to "
           f"{reference.abs().max().item():.3g}")
