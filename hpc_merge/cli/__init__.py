@@ -13,6 +13,7 @@ starts without torch or Hydra.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable
 
@@ -46,10 +47,20 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
 
 
 def main() -> None:
-    """Dispatch a subcommand (its exit status is the process's), else run the job the overrides say."""
-    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
-        sub = sys.argv.pop(1)
-        sys.exit(SUBCOMMANDS[sub](sys.argv[1:]))
-    from hpc_merge.cli.run import main as run_main
+    """Dispatch a subcommand (its exit status is the process's), else run the job the overrides say.
 
-    run_main(sys.argv[1:])
+    On every way out (return, ``sys.exit``, an error) the heap is frozen first: with torch,
+    transformers and mergekit imported (over 400,000 tracked objects), the interpreter's
+    shutdown took 1.1-1.3 s of every run here - mergekit-yaml pays it too; frozen, exit takes
+    0.2 s. Exit handlers, thread joins and file flushes still run; the process ends right
+    after, so nothing needs the cycle collector any more.
+    """
+    try:
+        if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+            sub = sys.argv.pop(1)
+            sys.exit(SUBCOMMANDS[sub](sys.argv[1:]))
+        from hpc_merge.cli.run import main as run_main
+
+        run_main(sys.argv[1:])
+    finally:
+        gc.freeze()
