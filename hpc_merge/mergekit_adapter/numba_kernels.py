@@ -1,5 +1,6 @@
 """The compiled kernels: the fused bf16 combine (:mod:`~hpc_merge.mergekit_adapter.fused_combine`)
-and DELLA's per-row ranks (:mod:`~hpc_merge.mergekit_adapter.della_rank`); imported on first use.
+and DELLA's per-row ranks (:mod:`~hpc_merge.mergekit_adapter.della_rank`), SCE's variance
+(:mod:`~hpc_merge.mergekit_adapter.variance`); imported on first use.
 
 A module of its own so that numba compiles them once per machine: module-level ``njit(cache=True)``
 functions are cached beside this file and loaded in milliseconds by later processes (a kernel
@@ -136,3 +137,49 @@ def rank_limits16(keys: Any, table: Any, out: Any) -> None:  # pragma: no cover 
             b = (keys[r, j] >> 8) & 0x7F
             out[r, j] = table[high[b]]
             high[b] += 1
+
+
+@numba.njit(cache=True, inline="always")
+def _welford(x: Any, j: int) -> float:  # pragma: no cover - compiled
+    """Population variance of column ``j`` of ``x`` (inputs × elements, float32) the way
+    ``torch.var(dim=0, unbiased=False)`` computes it on CPU: Welford's update in float64, inputs in order."""
+    mean = 0.0
+    m2 = 0.0
+    for i in range(x.shape[0]):
+        v = np.float64(x[i, j])
+        delta = v - mean
+        mean = mean + delta / np.float64(i + 1)
+        m2 = m2 + delta * (v - mean)
+    return m2 / np.float64(x.shape[0])
+
+
+@numba.njit(parallel=True, cache=True)
+def var_bf16(tvs: Any, out: Any) -> None:  # pragma: no cover - compiled
+    """``out`` = bf16 bits of ``torch.var(tvs, dim=0, unbiased=False)`` for bf16 bit patterns ``tvs``
+    (int16, inputs × elements): float64 Welford, then float64 -> float32 -> bf16 (round to nearest
+    even, NaN -> 0x7FC0) as torch casts its float64 accumulator to bf16."""
+    n, total = tvs.shape
+    blocks = (total + BLOCK - 1) // BLOCK
+    for blk in numba.prange(blocks):
+        a = blk * BLOCK
+        m = min(total, a + BLOCK) - a
+        x = np.empty((n, m), np.float32)
+        xu = x.view(np.uint32)
+        for i in range(n):
+            for k in range(m):
+                xu[i, k] = np.uint32(np.uint16(tvs[i, a + k])) << np.uint32(16)
+        f = np.empty(m, np.float32)
+        fu = f.view(np.uint32)
+        for k in range(m):
+            f[k] = np.float32(_welford(x, k))
+        _round(f, fu, m)
+        for k in range(m):
+            out[a + k] = np.int16(np.uint16(fu[k] >> np.uint32(16)))
+
+
+@numba.njit(parallel=True, cache=True)
+def var_f32(tvs: Any, out: Any) -> None:  # pragma: no cover - compiled
+    """``out`` = ``torch.var(tvs, dim=0, unbiased=False)`` for float32 ``tvs`` (inputs × elements)."""
+    total = tvs.shape[1]
+    for j in numba.prange(total):
+        out[j] = np.float32(_welford(tvs, j))

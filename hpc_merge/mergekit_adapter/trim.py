@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hpc_merge.errors import ConfigError
 from hpc_merge.mergekit_adapter.topk import magnitude_mask, top_k16, top_k_mask
+from hpc_merge.mergekit_adapter.variance import population_var
 
 if TYPE_CHECKING:  # torch is imported lazily: validating options must not pay for it
     import torch
@@ -111,7 +112,7 @@ def exact_sce_mask(tvs: torch.Tensor, density: float, mask_dtype: torch.dtype | 
         return torch.zeros_like(tvs[0], dtype=mask_dtype)
     if density >= 1:
         return torch.ones_like(tvs[0], dtype=mask_dtype)
-    var = torch.var(tvs, dim=0, unbiased=False)
+    var = population_var(tvs)  # torch.var(tvs, dim=0, unbiased=False), compiled
     dtype = var.dtype if mask_dtype is None else mask_dtype
     k = int(torch.count_nonzero(var) * density)
     if k == 0:
