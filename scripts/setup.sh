@@ -17,6 +17,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q -e ".[eval,dev]"
   touch "$stamp"
 fi
-# compile the fused merge kernel once (numba caches it beside its module; later merges load it in ms)
-.venv/bin/python -c "from hpc_merge.mergekit_adapter.fused_combine import warm; warm()"
+# compile the merge kernels once (numba caches them beside their module; later merges load them in ms)
+.venv/bin/python -c "from hpc_merge.mergekit_adapter.numba_kernels import warm; warm()"
 echo "hpc_merge is set up in .venv ($(.venv/bin/python -c 'import hpc_merge; print(hpc_merge.__version__)'))"

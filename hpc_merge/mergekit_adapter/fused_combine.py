@@ -16,7 +16,7 @@ bf16 tensors on CPU; every other case runs mergekit's own code (:mod:`patches` d
 
 numba is imported on the first fused merge only (validation and dry runs do not pay for it);
 the compiled kernel is cached beside this module (``cache=True``), so only the first merge on a
-machine compiles it (~10 s; ``scripts/setup.sh`` does it once, see :func:`warm`).
+machine compiles it (~10 s; ``scripts/setup.sh`` does it once: ``numba_kernels.warm``).
 """
 
 from __future__ import annotations
@@ -40,13 +40,6 @@ def _compile() -> Any:
 
         _kernel = combine_bf16
     return _kernel
-
-
-def warm() -> None:
-    """Compile (or load) the kernel now: ``scripts/setup.sh`` calls it so the first merge does not wait."""
-    import torch
-
-    combine(torch.zeros(4, dtype=torch.bfloat16), torch.zeros(1, 4, dtype=torch.bfloat16), [1.0], "sum", True, 1.0)
 
 
 def supported(base: torch.Tensor, tensors: list[torch.Tensor], consensus: str | None) -> bool:

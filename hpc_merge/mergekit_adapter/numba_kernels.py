@@ -183,3 +183,79 @@ def var_f32(tvs: Any, out: Any) -> None:  # pragma: no cover - compiled
     total = tvs.shape[1]
     for j in numba.prange(total):
         out[j] = np.float32(_welford(tvs, j))
+
+
+@numba.njit(parallel=True, cache=True)
+def sce_combine_bf16(base: Any, tvs: Any, w: Any, floor: Any, out: Any) -> None:  # pragma: no cover - compiled
+    """``out`` = bf16 bits of SCE's erase-and-combine (mergekit's ``sce_merge`` after its select step).
+
+    ``tvs``: the selected task vectors (int16 bf16 bits, inputs × elements); ``w``: their bf16
+    weights as float32; ``floor``: the divisor's clamp (bf16 of 1e-6). Per element, as torch does
+    it in bf16: the sign of the rounded sum elects the majority; each agreeing input's weight
+    (others' weight × 0) multiplies its delta (rounded); the products and the weights are summed in
+    float32 from +0 in input order and rounded; the clamped quotient (rounded) is added to the base.
+    """
+    n, total = tvs.shape
+    zero = np.float32(0.0)
+    blocks = (total + BLOCK - 1) // BLOCK
+    for blk in numba.prange(blocks):
+        a = blk * BLOCK
+        m = min(total, a + BLOCK) - a
+        d = np.empty((n, m), np.float32)
+        du = d.view(np.uint32)
+        for i in range(n):
+            for k in range(m):
+                du[i, k] = np.uint32(np.uint16(tvs[i, a + k])) << np.uint32(16)
+        acc = np.empty(m, np.float32)
+        accu = acc.view(np.uint32)
+        div = np.empty(m, np.float32)
+        divu = div.view(np.uint32)
+        p = np.empty(m, np.float32)
+        pu = p.view(np.uint32)
+        for k in range(m):
+            acc[k] = zero
+        for i in range(n):
+            for k in range(m):
+                acc[k] = acc[k] + d[i, k]
+        _round(acc, accu, m)
+        sgn = np.empty(m, np.bool_)
+        for k in range(m):
+            sgn[k] = acc[k] >= zero
+            acc[k] = zero
+            div[k] = zero
+        for i in range(n):
+            wi = w[i]
+            for k in range(m):
+                x = d[i, k]
+                keep = (x > zero) if sgn[k] else (x < zero)
+                ew = wi if keep else wi * zero
+                p[k] = x * ew
+                div[k] = div[k] + ew
+            _round(p, pu, m)
+            for k in range(m):
+                acc[k] = acc[k] + p[k]
+        _round(acc, accu, m)
+        _round(div, divu, m)
+        for k in range(m):
+            if div[k] < floor:
+                div[k] = floor
+            acc[k] = acc[k] / div[k]
+        _round(acc, accu, m)
+        for k in range(m):  # base + quotient, rounded
+            divu[k] = np.uint32(np.uint16(base[a + k])) << np.uint32(16)
+            acc[k] = div[k] + acc[k]
+        _round(acc, accu, m)
+        for k in range(m):
+            out[a + k] = np.int16(np.uint16(accu[k] >> np.uint32(16)))
+
+
+def warm() -> None:
+    """Compile (or load from numba's cache) every kernel above on tiny inputs: ``scripts/setup.sh``
+    calls it once, so no merge waits seconds for a compile."""
+    bits = np.zeros((2, 4), np.int16)
+    out = np.zeros(4, np.int16)
+    combine_bf16(out.copy(), bits, np.ones(2, np.float32), 1, True, np.float32(1.0), False, np.float32(1.0), out)
+    rank_limits16(bits, np.zeros(4, np.int16), np.zeros((2, 4), np.int16))
+    var_bf16(bits, out)
+    var_f32(np.zeros((2, 4), np.float32), np.zeros(4, np.float32))
+    sce_combine_bf16(out.copy(), bits, np.ones(2, np.float32), np.float32(1e-6), out)

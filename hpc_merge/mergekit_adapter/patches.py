@@ -32,7 +32,7 @@ from mergekit.merge_methods.generalized_task_arithmetic import GeneralizedTaskAr
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 from mergekit.plan import MergePlanner
 
-from hpc_merge.mergekit_adapter import fused_combine, random_sparsify
+from hpc_merge.mergekit_adapter import fused_combine, fused_sce, random_sparsify
 from hpc_merge.mergekit_adapter.archfix import architecture_info
 from hpc_merge.mergekit_adapter.chunked import chunk_plan
 from hpc_merge.mergekit_adapter.configcache import read_once
@@ -68,8 +68,9 @@ def mergekit_patches(options: dict[str, Any], mk_options: Any, *, only_tensors: 
     3. ``mergekit.sparsify.magnitude`` / ``magnitude_outliers`` and ``mergekit.merge_methods.sce.sce_mask``:
        the exact-k trim, and
     4. ``mergekit.sparsify.bernoulli`` / ``della_magprune`` + ``ExecuteMergeMethodTask.execute``:
-       counter-based draws, and ``GeneralizedTaskArithmeticMerge.merge_group``: the combine step
-       fused into one bit-identical kernel (bf16 on CPU) — all three unless ``sparsify: mergekit``.
+       counter-based draws, and ``GeneralizedTaskArithmeticMerge.merge_group`` and ``sce_merge``'s
+       implementation: the combine step fused into one bit-identical kernel (bf16 on CPU) — all
+       unless ``sparsify: mergekit``.
     5. On disk: ``TensorLoader.get`` (``pread`` inputs), ``mergekit.io.tasks.TensorWriter``
        (streamed shards), ``mergekit.merge.get_architecture_info`` (fixed tables) and
        ``mergekit.merge._model_out_config`` (per-layer settings of the merged layers).
@@ -224,21 +225,28 @@ def counter_random(seed: int | None, mode: str = "fast") -> Iterator[None]:
 
 @contextlib.contextmanager
 def fused_combine_step(mode: str = "fast") -> Iterator[None]:
-    """Inside the block the task-arithmetic family combines its task vectors in one kernel (``fast``).
+    """Inside the block the task-arithmetic family and SCE combine their task vectors in one kernel (``fast``).
 
     ``fused_combine.merge_group`` forms and sparsifies the task vectors as mergekit does, then
     weights, elects signs, sums, normalises and adds the base in one numba pass, bit-identical to
-    mergekit's bf16 arithmetic; other dtypes and devices run mergekit's ``merge_group``.
+    mergekit's bf16 arithmetic; ``fused_sce.merge`` does the same for ``sce_merge`` after its
+    select step; other dtypes and devices run mergekit's own code.
     """
     if mode == "mergekit":
         yield
         return
     real = GeneralizedTaskArithmeticMerge.merge_group
+    sce = mergekit.merge_methods.sce.sce_merge  # the registered method object; it calls .implementation
+    real_sce = sce.implementation
 
     def merge_group(self: GeneralizedTaskArithmeticMerge, group: Any, /, **parameters: Any) -> Any:
         return fused_combine.merge_group(real, self, group, parameters)
 
-    with _replaced(GeneralizedTaskArithmeticMerge, "merge_group", merge_group):
+    def sce_merge(group: Any, **parameters: Any) -> Any:
+        return fused_sce.merge(real_sce, group, **parameters)
+
+    with _replaced(GeneralizedTaskArithmeticMerge, "merge_group", merge_group), \
+            _replaced(sce, "implementation", sce_merge):
         yield
 
 
