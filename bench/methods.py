@@ -3,8 +3,8 @@
 ``python bench/run.py --only methods`` merges three 0.5B-shaped bf16 models (base + two
 fine-tunes; ``--quick``: 24M) of each input kind (``dense`` and ``bf16ft``, see
 ``bench/inputs.py``) with each of mergekit's 20 methods, once through ``python -m hpc_merge``
-and once through ``mergekit-yaml``, and once the I/O floor (``bench/floor.py`` linear: read
-every tensor once, one weighted sum, one write). Targets (issue 15): TIES ≤ 1.5 × floor; the
+and once through ``mergekit-yaml``, each beside a run of the I/O floor (``bench/floor.py`` linear:
+read every tensor once, one weighted sum, one write). Targets (issue 15): TIES ≤ 1.5 × floor; the
 other sparsifying methods ≤ 2 ×; the rest ≤ 1.5 ×; peak RSS bounded (see the notes).
 
 ``BENCH_METHODS=dare_ties,ties`` and ``BENCH_KINDS=bf16ft`` restrict the run (the full table is
@@ -113,8 +113,6 @@ def run(ctx: Context) -> list[Table]:
         shard_mb = max((m / "model.safetensors").stat().st_size for m in models) / 2**20
         warm_cache(models)
         floor_recipe = inputs.write_recipe(method_recipe("linear", models), work / f"{kind}-floor.yaml")
-        floor = run_once(commands.floor(floor_recipe, work / "out"))
-        ctx.log(f"  [{kind}] floor {floor.wall_s:.1f} s (cpu {floor.cpu_s:.1f} s), load {os.getloadavg()[0]:.1f}")
         path = RESULTS / f"methods-{kind}{'-quick' if ctx.quick else ''}.json"
         results = _load(path)
         results.update(shape=shape.label, kind=kind, models_gb=[round(m.stat().st_size / 1e9, 3) for m in
@@ -122,7 +120,8 @@ def run(ctx: Context) -> list[Table]:
         by_method = results.setdefault("methods", {})
         for method in _selected("BENCH_METHODS", METHODS):
             recipe = inputs.write_recipe(method_recipe(method, models), work / f"{kind}-{method}.yaml")
-            try:
+            try:  # the floor beside each method: a ratio compares runs under the same machine state
+                floor = run_once(commands.floor(floor_recipe, work / "out"))
                 hpc = run_once(commands.hpc_merge(recipe, work / "out", work / "logs"))
                 mk = None if skip_mk else run_once(commands.mergekit_yaml(recipe, work / "out"))
             except RuntimeError as exc:  # one failing method must not lose the others' rows
@@ -135,7 +134,7 @@ def run(ctx: Context) -> list[Table]:
                 entry["mergekit_yaml"]["from_earlier_run"] = True
                 entry["ratio"]["mergekit_yaml"] = hpc.wall_s / entry["mergekit_yaml"]["wall_s"]
             by_method[method] = entry
-            ctx.log(f"    {kind} {method}: {hpc.wall_s:.1f} s ({entry['ratio']['floor']:.2f} × floor), "
+            ctx.log(f"    {kind} {method}: {hpc.wall_s:.1f} s ({entry['ratio']['floor']:.2f} × floor {floor.wall_s:.1f} s), "
                     f"cpu {hpc.cpu_s:.1f} s, peak {hpc.peak_rss_mb:.0f} MB; mergekit-yaml "
                     + (f"{mk.wall_s:.1f} s, {mk.peak_rss_mb:.0f} MB" if mk else "skipped")
                     + f"; load {entry['load']:.1f}")
@@ -149,24 +148,24 @@ def run(ctx: Context) -> list[Table]:
 def table(results: dict[str, Any], shard_mb: float) -> Table:
     """The 20-method table of one input kind from its results file."""
     t = Table(f"Every method: three {results['shape']} bf16 models, `{results['kind']}` fine-tunes",
-              ["method", "hpc_merge s", "cpu s", "× floor", "× floor (cpu)", "target", "mergekit-yaml s",
+              ["method", "hpc_merge s", "cpu s", "floor s", "× floor", "× floor (cpu)", "target", "mergekit-yaml s",
                "× mergekit-yaml", "peak RSS MB (hpc / mk)", "× shard", "load"])
     for method in METHODS:
         e = results.get("methods", {}).get(method)
         if e is None or "failed" in e:
-            t.add(method, "not run" if e is None else "FAILED (see the json)", "", "", "", "", "", "", "", "", "")
+            t.add(method, "not run" if e is None else "FAILED (see the json)", *[""] * 10)
             continue
         h, mk, r = e["hpc_merge"], e.get("mergekit_yaml"), e["ratio"]
         met = "met" if r["floor"] <= e["target_x_floor"] else "NOT met"
-        t.add(method, h["wall_s"], h["cpu_s"], f"{r['floor']:.2f} ×", f"{r['floor_cpu']:.2f} ×",
+        t.add(method, h["wall_s"], h["cpu_s"], e["floor_s"], f"{r['floor']:.2f} ×", f"{r['floor_cpu']:.2f} ×",
               f"≤ {e['target_x_floor']} × ({met})", mk["wall_s"] if mk else "-",
               f"{r['mergekit_yaml']:.2f} ×" if mk else "-",
               f"{h['peak_rss_mb']:.0f} / {mk['peak_rss_mb']:.0f}" if mk else f"{h['peak_rss_mb']:.0f} / -",
               f"{r['shard_rss']:.2f} ×", f"{e['load']:.1f}")
     t.notes += [
-        f"floor: `bench/floor.py` linear over the same three models (read once, one weighted sum, one write): "
-        f"wall {next((e['floor_s'] for e in results.get('methods', {}).values() if 'floor_s' in e), float('nan')):.1f} s; "
-        f"largest shard {shard_mb:.0f} MiB.",
+        "floor: `bench/floor.py` linear over the same three models (read once, one weighted sum, one write), "
+        "run just before each method's hpc_merge and mergekit-yaml runs (a single floor at the start "
+        f"made every ratio hostage to one reading); largest shard {shard_mb:.0f} MiB.",
         "one run per cell; wall time includes interpreter start and imports (hpc_merge also composes its "
         "config, validates and writes its run dir). `cpu s` is user + system CPU of the command, which a "
         "loaded machine inflates less than wall time; `load` is the 1-minute load average when the row ran "
