@@ -9,7 +9,9 @@ What: with the plan transform :func:`chunk_plan` (installed for ``chunk_size > 0
 :func:`~hpc_merge.mergekit_adapter.patches.mergekit_patches`), the planner's task for a large tensor of a
 row-separable method is replaced by :class:`ChunkedMerge`, which has no input tensors in the
 graph: it reads ``chunk_size`` bytes of rows per input at a time (``PreadSafetensors.get_rows``),
-runs the *same* mergekit method task on those rows and copies the result into the output tensor.
+runs the *same* mergekit method task on those rows and writes each chunk's result straight into
+the tensor's place in the output shard (``StreamingTensorWriter.open_slot``; without a streaming
+writer, into one output tensor), so neither the inputs nor the output are ever whole in memory.
 Row-separable methods compute each output element from the same element (DELLA: the same row)
 of the inputs: ``linear``, ``task_arithmetic``, ``passthrough``, ``nearswap``, ``ties``,
 ``breadcrumbs`` / ``breadcrumbs_ties``, ``dare_ties`` / ``dare_linear`` and ``della`` /
@@ -39,8 +41,10 @@ from mergekit.io.tasks import GatherTensors, LoaderCache, LoadTensor
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 
 from hpc_merge.mergekit_adapter import random_sparsify
+from hpc_merge.mergekit_adapter import writer as writer_module
 from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, NotStreamable, StreamingTrim, streaming
 from hpc_merge.mergekit_adapter.reader import PreadSafetensors
+from hpc_merge.mergekit_adapter.writer import Slot
 
 ROW_SEPARABLE = ("linear", "task_arithmetic", "ties", "passthrough", "nearswap", "dare_ties", "dare_linear",
                  "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "ram")
@@ -60,6 +64,8 @@ class ChunkedMerge(Task[torch.Tensor | None]):
     streamed_trim: bool
     random_seed: int | None = None  # DARE: the counter-based masks' seed
     rescaled: bool = False  # DARE with rescale: a first pass sums the whole task vectors' norms
+    out_name: str = ""  # the output tensor's name (its SaveTensor's), for streaming rows to the writer
+    out_dtype: str | None = None  # what its SaveTensor casts to (weight.force_dtype or the merge's out_dtype)
 
     def arguments(self) -> dict[str, Task]:
         return {}  # no LoadTensor dependencies: the whole inputs are never loaded
@@ -74,7 +80,7 @@ class ChunkedMerge(Task[torch.Tensor | None]):
         readers = {path: PreadSafetensors(path) for path in {source[1] for source in self.sources}}
         try:
             return self._merge(readers)
-        except NotStreamable:  # e.g. float64 task vectors: merge the tensor whole, exactly as planned
+        except NotStreamable:  # e.g. float64 task vectors (first chunk): merge the tensor whole, exactly as planned
             return self.inner.execute(tensors=self._rows(readers, 0, self.shape[0]))
         finally:
             for reader in readers.values():
@@ -126,17 +132,42 @@ class ChunkedMerge(Task[torch.Tensor | None]):
 
     def _merge_chunks(self, readers: dict[str, PreadSafetensors], bounds: list[tuple[int, int]],
                       around: Any = None) -> torch.Tensor | None:
-        """The planned task on each row chunk, copied into one output tensor (``around(a)``: a context per chunk)."""
+        """The planned task on each row chunk (``around(a)``: a context per chunk).
+
+        Where the merge writes through a streaming writer, each chunk goes straight to the
+        tensor's place in the shard (cast as its SaveTensor would) and an empty placeholder is
+        returned; otherwise the chunks are copied into one output tensor.
+        """
+        box = writer_module.CURRENT.get(None)
+        writer = box[0] if box and self.out_name else None
         out: torch.Tensor | None = None
-        for a, b in bounds:
-            with around(a) if around is not None else contextlib.nullcontext():
-                part = self.inner.execute(tensors=self._rows(readers, a, b))
-            if part is None:
-                return None
-            if out is None:
-                out = torch.empty(self.shape, dtype=part.dtype)
-            out[a:b] = part
-            del part
+        slot: Slot | None = None
+        try:
+            for a, b in bounds:
+                with around(a) if around is not None else contextlib.nullcontext():
+                    part = self.inner.execute(tensors=self._rows(readers, a, b))
+                if part is None:
+                    if slot is not None:
+                        raise RuntimeError(f"internal: {self.out_name}: a row chunk merged to None")
+                    return None
+                if writer is not None:
+                    if self.out_dtype:
+                        part = part.to(dtype=dtype_from_name(self.out_dtype))
+                    if slot is None:
+                        slot = writer.open_slot(self.out_name, list(self.shape), part.dtype)
+                    slot.write(a, part)
+                else:
+                    if out is None:
+                        out = torch.empty(self.shape, dtype=part.dtype)
+                    out[a:b] = part
+                del part
+        except NotStreamable as exc:  # too late to merge it whole: rows of it are written
+            if slot is not None:
+                raise RuntimeError(f"internal: {self.out_name}: {exc}") from exc
+            raise
+        if slot is not None:
+            slot.close()
+            return torch.empty(0, dtype=dtype_from_name(self.out_dtype) if self.out_dtype else None)
         return out
 
 
@@ -170,7 +201,8 @@ class _Headers:
         return self.readers[path].shape_dtype(name)
 
 
-def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers) -> ChunkedMerge | None:
+def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers, out_name: str = "",
+            out_dtype: str | None = None) -> ChunkedMerge | None:
     """The chunked version of a planned merge task, or None when it must stay whole (see module doc)."""
     if not isinstance(task, ExecuteMergeMethodTask) or type(task.gather_tensors) is not GatherTensors:
         return None
@@ -205,10 +237,10 @@ def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers) -> C
     random = task.method_name in RANDOM
     return ChunkedMerge(inner=task, sources=tuple(sources), shape=shape, rows_per_chunk=rows_per_chunk,
                         streamed_trim=streamed_trim, random_seed=seed if random else None,
-                        rescaled=random and bool(params.get("rescale", True)))
+                        rescaled=random and bool(params.get("rescale", True)), out_name=out_name, out_dtype=out_dtype)
 
 
-def chunk_plan(chunk_bytes: int, trim_mode: str, names: list[str]) -> Callable[[list[tuple[Any, Any]]], list[tuple[Any, Any]]]:
+def chunk_plan(chunk_bytes: int, trim_mode: str, names: list[str]) -> Callable[..., list[tuple[Any, Any]]]:
     """The plan transform that merges tensors above ``chunk_bytes`` in row chunks (see module doc).
 
     Applied by the one planner hook (:func:`~hpc_merge.mergekit_adapter.patches.planner_hook`) after
@@ -216,11 +248,11 @@ def chunk_plan(chunk_bytes: int, trim_mode: str, names: list[str]) -> Callable[[
     report and tests).
     """
 
-    def chunk(planned: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    def chunk(planned: list[tuple[Any, Any]], out_dtype: str | None = None) -> list[tuple[Any, Any]]:
         headers = _Headers()
         out = []
         for weight, task in planned:
-            replacement = chunked(task, chunk_bytes, trim_mode, headers)
+            replacement = chunked(task, chunk_bytes, trim_mode, headers, weight.name, weight.force_dtype or out_dtype)
             if replacement is not None:
                 names.append(weight.name)
             out.append((weight, task if replacement is None else replacement))

@@ -33,6 +33,7 @@ from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 from mergekit.plan import MergePlanner
 
 from hpc_merge.mergekit_adapter import fused_combine, fused_sce, random_sparsify
+from hpc_merge.mergekit_adapter import writer as writer_module
 from hpc_merge.mergekit_adapter.archfix import architecture_info
 from hpc_merge.mergekit_adapter.chunked import chunk_plan
 from hpc_merge.mergekit_adapter.configcache import read_once
@@ -44,7 +45,7 @@ from hpc_merge.mergekit_adapter.trim import exact_magnitude, exact_outliers, exa
 from hpc_merge.mergekit_adapter.writer import StreamingTensorWriter, header_room, reserve_headers
 
 #: A plan transform: ``MergePlanner._tensors`` in, the list the planner keeps out.
-PlanTransform = Callable[[list[tuple[Any, Any]]], list[tuple[Any, Any]]]
+PlanTransform = Callable[[list[tuple[Any, Any]], str | None], list[tuple[Any, Any]]]  # (plan, out_dtype)
 
 
 @contextlib.contextmanager
@@ -150,7 +151,7 @@ def restrict_to(names: Collection[str]) -> PlanTransform:
     """
     wanted = set(names)
 
-    def restrict(planned: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    def restrict(planned: list[tuple[Any, Any]], _out_dtype: str | None = None) -> list[tuple[Any, Any]]:
         missing = sorted(wanted - {weight.name for weight, _task in planned})
         if missing:
             raise RuntimeError(f"{len(missing)} tensor(s) of this part are not in the merge's plan, e.g. {missing[0]!r}")
@@ -161,7 +162,8 @@ def restrict_to(names: Collection[str]) -> PlanTransform:
 
 @contextlib.contextmanager
 def planner_hook(transforms: list[PlanTransform]) -> Iterator[None]:
-    """The one replacement of ``MergePlanner._plan``: mergekit plans, then ``transforms`` run in list order."""
+    """The one replacement of ``MergePlanner._plan``: mergekit plans, then ``transforms`` run in list
+    order, each given the plan and the merge's ``out_dtype`` (what mergekit's ``SaveTensor`` casts to)."""
     if not transforms:
         yield
         return
@@ -170,7 +172,7 @@ def planner_hook(transforms: list[PlanTransform]) -> Iterator[None]:
     def _plan(planner: MergePlanner) -> None:
         real(planner)
         for transform in transforms:
-            planner._tensors = transform(planner._tensors)
+            planner._tensors = transform(planner._tensors, planner.config.out_dtype)
 
     with _replaced(MergePlanner, "_plan", _plan):
         yield
@@ -274,14 +276,20 @@ def stream_writes() -> Iterator[None]:
     Its header room comes from the plan (``writer.reserve_headers``, the planner hook's last transform).
     """
     real = mergekit.io.tasks.TensorWriter
+    current: list[StreamingTensorWriter] = []  # the writer chunked merges write their rows into
 
     def make(*args: Any, **kwargs: Any) -> Any:
         if kwargs.get("safe_serialization", True):
-            return StreamingTensorWriter(*args, **kwargs)
+            current[:] = [StreamingTensorWriter(*args, **kwargs)]
+            return current[0]
         return real(*args, **kwargs)
 
-    with _replaced(mergekit.io.tasks, "TensorWriter", make), header_room():
-        yield
+    token = writer_module.CURRENT.set(current)
+    try:
+        with _replaced(mergekit.io.tasks, "TensorWriter", make), header_room():
+            yield
+    finally:
+        writer_module.CURRENT.reset(token)
 
 
 @contextlib.contextmanager

@@ -39,6 +39,10 @@ _ST_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"
               torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
 
 
+#: the streaming writer of the merge running in this context (set by ``patches.stream_writes``'s
+#: factory): chunked merges write their rows straight into its shard (:meth:`StreamingTensorWriter.open_slot`)
+CURRENT: contextvars.ContextVar[list[StreamingTensorWriter]] = contextvars.ContextVar("hpc_merge_writer")
+
 _ENTRY_BOUND = 300  # bytes of header per tensor besides its name: dtype, ≤ 8 dims, two offsets, JSON
 _HEADER_BOUND: contextvars.ContextVar[int] = contextvars.ContextVar("hpc_merge_header_bound", default=0)
 
@@ -121,34 +125,69 @@ class StreamingTensorWriter(TensorWriter):
         self._fd = -1  # the current shard, data written from 8 + reserve
         self._data_size = 0
         self._writes = _WriteBehind()
+        self._slotted: set[str] = set()  # tensors written by row chunks: their save_tensor is a no-op
+        self._open_slots = 0
 
     def _shard_path(self, index: int) -> str:
         prefix, extension = self._get_name_components()
         return os.path.join(self.out_path, f"{prefix}-{index + 1}.{extension}")
 
     def save_tensor(self, name: str, tensor: torch.Tensor, clone: bool = False) -> None:
-        """Queue the tensor's bytes for its place in the current shard (starting a new shard when full)."""
+        """Queue the tensor's bytes for its place in the current shard (starting a new shard when full).
+
+        A tensor already written through :meth:`open_slot` is not written again (``tensor`` is
+        then the chunked merge's placeholder)."""
+        with self._lock:
+            if name in self._slotted:
+                self._slotted.discard(name)
+                return
         if tensor.dtype not in _ST_DTYPES:
             raise TypeError(f"cannot write {name}: dtype {tensor.dtype} has no safetensors code")
         tensor = tensor.detach().to("cpu").contiguous()
         nbytes = tensor.numel() * tensor.element_size()
         with self._lock:
-            if self._entries and self.max_shard_size > 0 and self.current_shard_size + nbytes > self.max_shard_size:
-                self._flush_current_shard()
-            if self._fd < 0:
-                self._fd = os.open(self._shard_path(self.shards_written), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                self._data_size = 0
+            offset = self._place(name, list(tensor.shape), tensor.dtype, nbytes)
             if nbytes:
-                self._writes.submit(self._fd, 8 + self.reserve + self._data_size, tensor)
-            self._entries[name] = {"dtype": _ST_DTYPES[tensor.dtype], "shape": list(tensor.shape),
-                                   "data_offsets": [self._data_size, self._data_size + nbytes]}
-            self._data_size += nbytes
-            self.current_shard_size += nbytes
+                self._writes.submit(self._fd, offset, tensor)
+
+    def open_slot(self, name: str, shape: list[int], dtype: torch.dtype) -> Slot:
+        """Reserve ``name``'s place in the current shard for a tensor that arrives in row chunks.
+
+        Why: a chunked merge (``chunked.py``) would otherwise assemble the whole output tensor before
+        handing it over — at 7B the 1.09 GB embedding was what took linear's peak past 2 GiB.
+        The header entry and offsets are the ones :meth:`save_tensor` would have given the whole
+        tensor at this point, so the file is the same bytes; ``save_tensor(name, ...)`` then skips it.
+        """
+        if dtype not in _ST_DTYPES:
+            raise TypeError(f"cannot write {name}: dtype {dtype} has no safetensors code")
+        numel = int(torch.Size(shape).numel())
+        nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+        with self._lock:
+            offset = self._place(name, list(shape), dtype, nbytes)
+            self._slotted.add(name)
+            self._open_slots += 1
+        return Slot(self, self._fd, offset, nbytes // shape[0] if shape else nbytes, nbytes)
+
+    def _place(self, name: str, shape: list[int], dtype: torch.dtype, nbytes: int) -> int:
+        """The file offset of ``name``'s data in the current shard (caller holds the lock)."""
+        if self._entries and self.max_shard_size > 0 and self.current_shard_size + nbytes > self.max_shard_size:
+            self._flush_current_shard()
+        if self._fd < 0:
+            self._fd = os.open(self._shard_path(self.shards_written), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._data_size = 0
+        offset = 8 + self.reserve + self._data_size
+        self._entries[name] = {"dtype": _ST_DTYPES[dtype], "shape": shape,
+                               "data_offsets": [self._data_size, self._data_size + nbytes]}
+        self._data_size += nbytes
+        self.current_shard_size += nbytes
+        return offset
 
     def _flush_current_shard(self) -> None:
         """The header in front of the shard's data; mergekit's bookkeeping as before."""
         if not self._entries:
             return
+        if self._open_slots:
+            raise RuntimeError("internal: a shard was closed while a chunked tensor was still being written into it")
         self._writes.drain()
         index = self.shards_written
         path = self._shard_path(index)
@@ -175,6 +214,31 @@ class StreamingTensorWriter(TensorWriter):
         self._entries, self._fd, self._data_size, self.current_shard_size = {}, -1, 0, 0
 
 
+class Slot:
+    """One tensor's reserved bytes in a shard, written row chunk by row chunk through the write-behind
+    thread (at most its 128 MiB queued); :meth:`close` checks every byte was written."""
+
+    def __init__(self, writer: StreamingTensorWriter, fd: int, offset: int, row_bytes: int, nbytes: int) -> None:
+        self.writer, self.fd, self.offset, self.row_bytes, self.nbytes = writer, fd, offset, row_bytes, nbytes
+        self.written = 0
+
+    def write(self, row: int, part: torch.Tensor) -> None:
+        """Rows ``row ..`` of the tensor (``part``: whole rows, the slot's dtype)."""
+        part = part.detach().to("cpu").contiguous()
+        size = part.numel() * part.element_size()
+        if row * self.row_bytes + size > self.nbytes:
+            raise RuntimeError("internal: a row chunk runs past its tensor's slot")
+        if size:
+            self.writer._writes.submit(self.fd, self.offset + row * self.row_bytes, part)
+        self.written += size
+
+    def close(self) -> None:
+        with self.writer._lock:
+            self.writer._open_slots -= 1
+        if self.written != self.nbytes:
+            raise RuntimeError(f"internal: {self.written} of a tensor's {self.nbytes} bytes were written")
+
+
 def _copy(src: Any, offset: int, dst: Any, size: int, name: str) -> None:
     """``size`` bytes of ``src`` from ``offset`` to the end of ``dst``: in the kernel where the filesystem can."""
     import errno
@@ -194,7 +258,7 @@ def _copy(src: Any, offset: int, dst: Any, size: int, name: str) -> None:
         shutil.copyfileobj(src, dst, 16 << 20)
 
 
-def reserve_headers(planned: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+def reserve_headers(planned: list[tuple[Any, Any]], _out_dtype: str | None = None) -> list[tuple[Any, Any]]:
     """The plan transform (last of the planner hook's) that sizes the header room of writers made after it.
 
     The planner's output names set :func:`header_bound`; the plan itself is returned unchanged.

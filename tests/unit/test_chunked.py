@@ -15,6 +15,7 @@ from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, StreamingTrim, 
 from hpc_merge.mergekit_adapter.patches import magnitude_trim
 from hpc_merge.mergekit_adapter.reader import PreadSafetensors
 from hpc_merge.mergekit_adapter.trim import exact_magnitude, magnitude_mask
+from hpc_merge.mergekit_adapter.writer import StreamingTensorWriter
 
 
 def _streamed_masks(vectors: list[torch.Tensor], densities: list[float], rows: int) -> list[torch.Tensor]:
@@ -103,23 +104,36 @@ def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
 @pytest.mark.parametrize("method,dtype", [("linear", "bfloat16"), ("task_arithmetic", "bfloat16"),
                                           ("ties", "bfloat16"), ("ties", "float32"), ("nearswap", "float32"),
                                           ("breadcrumbs", "bfloat16"), ("breadcrumbs_ties", "bfloat16"),
-                                          ("breadcrumbs", "float32"), ("ram", "bfloat16")])
+                                          ("breadcrumbs", "float32"), ("ram", "bfloat16"),
+                                          ("linear", "float32+out_bfloat16")])
 def test_chunked_merge_is_bit_identical_to_whole_tensors(tiny_pool, tmp_path: Path, method: str, dtype: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 1 KB chunk size splits every matrix into many row chunks; the saved model is the same bytes."""
+    """A 1 KB chunk size splits every matrix into many row chunks, each written straight into its
+    tensor's place in the shard (cast to ``out_dtype`` first where set); the saved model is the same bytes."""
     calls: list[tuple[int, ...]] = []
+    slots: list[str] = []
     real = chunked.ChunkedMerge.execute
+    real_slot = StreamingTensorWriter.open_slot
 
     def counting(self, **kw):
         calls.append(self.shape)
         return real(self, **kw)
 
+    def slot(self, name, shape, dtype):
+        slots.append(name)
+        return real_slot(self, name, shape, dtype)
+
     monkeypatch.setattr(chunked.ChunkedMerge, "execute", counting)
+    monkeypatch.setattr(StreamingTensorWriter, "open_slot", slot)
+    dtype, _, out_dtype = dtype.partition("+out_")
     recipe = _tiny_recipe(tiny_pool, method, dtype)
+    if out_dtype:
+        recipe["out_dtype"] = out_dtype
     mk.run_mergekit(recipe, tmp_path / "whole", {"device": "cpu", "chunk_size": 0})
-    assert calls == []
+    assert calls == [] and slots == []
     mk.run_mergekit(recipe, tmp_path / "chunked", {"device": "cpu", "chunk_size": "1K"})
     assert any(shape[0] >= 64 for shape in calls)  # the embedding and the MLP matrices went through
+    assert len(slots) == len(calls) and "model.embed_tokens.weight" in slots  # streamed, not assembled
     whole, parts = (load_file(tmp_path / d / "model.safetensors") for d in ("whole", "chunked"))
     assert whole.keys() == parts.keys()
     for key in whole:

@@ -84,3 +84,44 @@ def test_a_failed_background_write_fails_the_merge(tmp_path: Path) -> None:
             writes.drain()
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("shard", [0, 700])
+def test_rows_written_through_a_slot_make_the_same_files(tmp_path: Path, shard: int) -> None:
+    """A tensor written in row chunks (``open_slot``, as a chunked merge does) gives the bytes its
+    whole ``save_tensor`` would; its own later ``save_tensor`` (the placeholder) writes nothing."""
+    reserve = header_bound(list(_tensors()))
+    _write(StreamingTensorWriter, tmp_path / "whole", shard, reserve)
+    token = streaming._HEADER_BOUND.set(reserve)
+    try:
+        writer = StreamingTensorWriter(str(tmp_path / "rows"), max_shard_size=shard)
+    finally:
+        streaming._HEADER_BOUND.reset(token)
+    for name, t in _tensors().items():
+        if name == "embed":
+            slot = writer.open_slot(name, list(t.shape), t.dtype)
+            for a in range(0, t.shape[0], 7):  # uneven chunks, last one short
+                slot.write(a, t[a:a + 7])
+            slot.close()
+            t = torch.empty(0, dtype=t.dtype)  # what the chunked merge hands to SaveTensor
+        writer.save_tensor(name, t)
+    writer.finalize()
+    names = sorted(os.listdir(tmp_path / "whole"))
+    assert sorted(os.listdir(tmp_path / "rows")) == names
+    for name in names:
+        assert (tmp_path / "rows" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_a_slot_left_short_or_overrun_is_an_error(tmp_path: Path) -> None:
+    writer = StreamingTensorWriter(str(tmp_path / "out"), max_shard_size=0)
+    slot = writer.open_slot("w", [4, 3], torch.float32)
+    with pytest.raises(RuntimeError, match="runs past"):
+        slot.write(3, torch.zeros(2, 3))
+    slot.write(0, torch.zeros(2, 3))
+    with pytest.raises(RuntimeError, match="24 of a tensor's 48 bytes"):
+        slot.close()
+    slot2 = writer.open_slot("v", [2], torch.float32)
+    with pytest.raises(RuntimeError, match="still being written"):
+        writer.finalize()
+    slot2.write(0, torch.zeros(2))
+    slot2.close()
