@@ -29,6 +29,24 @@ def _round(f: Any, u: Any, m: int) -> None:
             u[k] = ((x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)) << np.uint32(16)
 
 
+@numba.njit(cache=True, inline="always")
+def _widen(bits: Any, a: int, m: int, u: Any) -> None:
+    """``u[:m]`` = the float32 bit patterns of the bf16 bits ``bits[a:a + m]`` (exact)."""
+    for k in range(m):
+        u[k] = np.uint32(np.uint16(bits[a + k])) << np.uint32(16)
+
+
+@numba.njit(cache=True, inline="always")
+def _store_base_plus(base: Any, a: int, m: int, acc: Any, accu: Any, tmp: Any, tmpu: Any, out: Any) -> None:
+    """``out[a:a + m]`` = bf16 bits of base + ``acc`` (rounded once, as torch's ``base + delta``); uses ``tmp``."""
+    _widen(base, a, m, tmpu)
+    for k in range(m):
+        acc[k] = tmp[k] + acc[k]
+    _round(acc, accu, m)
+    for k in range(m):
+        out[a + k] = np.int16(np.uint16(accu[k] >> np.uint32(16)))
+
+
 @numba.njit(parallel=True, cache=True)
 def combine_bf16(base: Any, deltas: Any, w: Any, consensus: int, normalize: bool, lam: Any, use_lam: bool,
                  divisor_all: Any, out: Any) -> None:  # pragma: no cover - compiled
@@ -48,8 +66,7 @@ def combine_bf16(base: Any, deltas: Any, w: Any, consensus: int, normalize: bool
         divu = div.view(np.uint32)
         for i in range(n):  # weighted task vectors: bf16(delta * w)
             wi = w[i]
-            for k in range(m):
-                dwu[i, k] = np.uint32(np.uint16(deltas[i, a + k])) << np.uint32(16)
+            _widen(deltas[i], a, m, dwu[i])
             for k in range(m):
                 dw[i, k] = dw[i, k] * wi
             _round(dw[i], dwu[i], m)
@@ -99,12 +116,7 @@ def combine_bf16(base: Any, deltas: Any, w: Any, consensus: int, normalize: bool
             for k in range(m):
                 acc[k] = acc[k] * lam
             _round(acc, accu, m)
-        for k in range(m):  # base + mixed, rounded; the top half of acc's bits is the output
-            divu[k] = np.uint32(np.uint16(base[a + k])) << np.uint32(16)
-            acc[k] = div[k] + acc[k]
-        _round(acc, accu, m)
-        for k in range(m):
-            out[a + k] = np.int16(np.uint16(accu[k] >> np.uint32(16)))
+        _store_base_plus(base, a, m, acc, accu, div, divu, out)
 
 
 
@@ -166,8 +178,7 @@ def var_bf16(tvs: Any, out: Any) -> None:  # pragma: no cover - compiled
         x = np.empty((n, m), np.float32)
         xu = x.view(np.uint32)
         for i in range(n):
-            for k in range(m):
-                xu[i, k] = np.uint32(np.uint16(tvs[i, a + k])) << np.uint32(16)
+            _widen(tvs[i], a, m, xu[i])
         f = np.empty(m, np.float32)
         fu = f.view(np.uint32)
         for k in range(m):
@@ -204,8 +215,7 @@ def sce_combine_bf16(base: Any, tvs: Any, w: Any, floor: Any, out: Any) -> None:
         d = np.empty((n, m), np.float32)
         du = d.view(np.uint32)
         for i in range(n):
-            for k in range(m):
-                du[i, k] = np.uint32(np.uint16(tvs[i, a + k])) << np.uint32(16)
+            _widen(tvs[i], a, m, du[i])
         acc = np.empty(m, np.float32)
         accu = acc.view(np.uint32)
         div = np.empty(m, np.float32)
@@ -241,12 +251,7 @@ def sce_combine_bf16(base: Any, tvs: Any, w: Any, floor: Any, out: Any) -> None:
                 div[k] = floor
             acc[k] = acc[k] / div[k]
         _round(acc, accu, m)
-        for k in range(m):  # base + quotient, rounded
-            divu[k] = np.uint32(np.uint16(base[a + k])) << np.uint32(16)
-            acc[k] = div[k] + acc[k]
-        _round(acc, accu, m)
-        for k in range(m):
-            out[a + k] = np.int16(np.uint16(accu[k] >> np.uint32(16)))
+        _store_base_plus(base, a, m, acc, accu, div, divu, out)
 
 
 def warm() -> None:
