@@ -31,7 +31,7 @@ if sys.byteorder != "little":  # the int16 view of an int32 hash must put its lo
     raise ImportError("counter-based draws assume a little-endian machine")
 
 
-def _key(seed: int, name: str, vector: int) -> tuple[int, int]:
+def key(seed: int, name: str, vector: int) -> tuple[int, int]:
     """Two 32-bit words (an odd multiplier and an offset) for one task vector of one tensor."""
     digest = hashlib.blake2b(f"{seed}\0{name}\0{vector}".encode(), digest_size=8).digest()
     mul = int.from_bytes(digest[:4], "little") | 1
@@ -84,7 +84,7 @@ def _signed_blocks(seed: int, name: str, vector: int, start: int, count: int) ->
     """
     import torch
 
-    mul, add = _key(seed, name, vector)
+    mul, add = key(seed, name, vector)
     first, stop = start // 2, (start + count + 1) // 2
     for a in range(first, stop, _BLOCK):
         b = min(a + _BLOCK, stop)

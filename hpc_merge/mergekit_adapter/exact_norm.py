@@ -44,10 +44,20 @@ def exact_l1(x: torch.Tensor) -> int:
         sums = (counts * values).sum(1)
         sums[0] -= int(counts[0].sum()) << mbits  # subnormals: no implicit leading bit
         sums = sums.tolist()
-    total = sums[0]
-    for e in range(1, (1 << ebits) - 1):  # the all-ones exponent is inf/nan: no norm to match
+    return from_exponent_sums(sums)
+
+
+def from_exponent_sums(sums: list[int]) -> int:
+    """The integer of :func:`exact_l1` from per-exponent sums: ``sums[0] + Σ_e sums[e] · 2^(e-1)``.
+
+    ``sums[e]`` is a sum of mantissas (with the implicit bit) of magnitudes of biased exponent
+    ``e`` (or any integer in the same units); the all-ones exponent (inf/NaN) is skipped. The
+    compiled DARE/DELLA kernels (``numba_kernels.dare_l1_bf16``) produce such sums for bf16.
+    """
+    total = int(sums[0])
+    for e in range(1, len(sums) - 1):
         if sums[e]:
-            total += sums[e] << (e - 1)
+            total += int(sums[e]) << (e - 1)
     return total
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from hpc_merge.mergekit_adapter import fused_drop, random_sparsify
+
 if TYPE_CHECKING:
     import torch
 
@@ -75,13 +77,27 @@ def combine(base: torch.Tensor, deltas: torch.Tensor, weights: list[float], cons
     return out
 
 
+def _dropped_into(out: torch.Tensor, base: torch.Tensor, entry: Any, sparsification: Any,
+                  parameters: dict[str, Any]) -> bool:
+    """``out`` = the entry's DARE or DELLA task vector from :mod:`fused_drop`'s kernels (False: not done)."""
+    from mergekit.sparsify import SparsificationMethod
+
+    density, rescale = parameters["density"][entry.id], bool(parameters["rescale"])
+    if sparsification == SparsificationMethod.random:
+        return fused_drop.dare_into(out, base, entry.tensor, density, rescale)
+    if sparsification == SparsificationMethod.della_magprune:
+        return fused_drop.della_into(out, base, entry.tensor, density, parameters["epsilon"][entry.id], rescale)
+    return False
+
+
 def merge_group(real: Any, method: Any, group: Any, parameters: dict[str, Any]) -> torch.Tensor:
     """``GeneralizedTaskArithmeticMerge.merge_group`` with the combine step fused (``real``: mergekit's).
 
     The task vectors are formed and sparsified exactly as mergekit does (``base``-dtype
     subtraction, then ``mergekit.sparsify.sparsify`` looked up at call time, so the patched trims
-    and draws apply, in entry order); only what follows runs in :func:`combine`. Anything the
-    kernel does not cover goes to ``real``.
+    and draws apply, in entry order; DARE's and DELLA's counter-based drops in
+    :mod:`fused_drop`'s kernels, with the same bits); only what follows runs in :func:`combine`.
+    Anything the kernel does not cover goes to ``real``.
     """
     import mergekit.sparsify
     import torch
@@ -92,7 +108,11 @@ def merge_group(real: Any, method: Any, group: Any, parameters: dict[str, Any]) 
     if base is None or not entries or not supported(base, [e.tensor for e in entries], consensus):
         return real(method, group, **parameters)
     deltas = torch.empty((len(entries), *base.shape), dtype=base.dtype)
+    sparsification = method.sparsification_method
+    counter = mergekit.sparsify.bernoulli is random_sparsify.counter_bernoulli  # patches.counter_random is active
     for index, entry in enumerate(entries):
+        if counter and _dropped_into(deltas[index], base, entry, sparsification, parameters):
+            continue  # DARE's / DELLA's counter-based drop in compiled passes (the torch path's bits)
         delta = entry.tensor - base
         if method.sparsification_method:
             extra = {key: parameters[key][entry.id] for key in ("gamma", "epsilon") if key in parameters}

@@ -1,6 +1,7 @@
-"""The compiled kernels: the fused bf16 combine (:mod:`~hpc_merge.mergekit_adapter.fused_combine`)
-and DELLA's per-row ranks (:mod:`~hpc_merge.mergekit_adapter.della_rank`), SCE's variance
-(:mod:`~hpc_merge.mergekit_adapter.variance`); imported on first use.
+"""The compiled kernels: the fused bf16 combine (:mod:`~hpc_merge.mergekit_adapter.fused_combine`),
+DELLA's per-row ranks (:mod:`~hpc_merge.mergekit_adapter.della_rank`), SCE's variance
+(:mod:`~hpc_merge.mergekit_adapter.variance`) and combine (:mod:`~hpc_merge.mergekit_adapter.fused_sce`),
+DARE's and DELLA's draws, norms and drops (:mod:`~hpc_merge.mergekit_adapter.fused_drop`); imported on first use.
 
 A module of its own so that numba compiles them once per machine: module-level ``njit(cache=True)``
 functions are cached beside this file and loaded in milliseconds by later processes (a kernel
@@ -254,6 +255,188 @@ def sce_combine_bf16(base: Any, tvs: Any, w: Any, floor: Any, out: Any) -> None:
         _store_base_plus(base, a, m, acc, accu, div, divu, out)
 
 
+_MASK32 = np.uint64(0xFFFFFFFF)
+PARTS = 64  # partitions of a DARE/DELLA pass over a tensor (rows of the caller's sums array)
+_EXACT_BLOCK = 4096  # elements summed in float64 at a time by the DARE/DELLA norm kernels (see dare_l1_bf16)
+_INF_BIN = 255  # sums[p, 0, 255] counts inf/NaN task-vector elements
+
+
+@numba.njit(cache=True, inline="always")
+def _draw16(i: Any, mul: Any, add: Any) -> Any:  # pragma: no cover - compiled
+    """The 16-bit counter-based draw of flat element ``i`` (``counter_draws``): ``lowbias32`` of
+    ``(i // 2) · mul + add`` on wrapping 32-bit words; its low half for even ``i``, high for odd."""
+    x = np.uint32((np.uint64(i >> 1) * mul + add) & _MASK32)
+    x ^= x >> np.uint32(16)
+    x = np.uint32(x * np.uint32(0x7FEB352D))
+    x ^= x >> np.uint32(15)
+    x = np.uint32(x * np.uint32(0x846CA68B))
+    x ^= x >> np.uint32(16)
+    return (x >> np.uint32(16)) if i & 1 else (x & np.uint32(0xFFFF))
+
+
+@numba.njit(cache=True, inline="always")
+def _f32(bits16: Any) -> Any:  # pragma: no cover - compiled
+    """The float32 value of bf16 bits (any integer type; the low 16 bits are used)."""
+    return np.uint32(np.uint32(np.uint16(bits16)) << np.uint32(16)).view(np.float32)
+
+
+@numba.njit(cache=True, inline="always")
+def _bf16(f: Any) -> Any:  # pragma: no cover - compiled
+    """bf16 bits (uint32, low 16) of float32 ``f`` rounded to nearest even; NaN -> torch's 0x7FC0."""
+    if f != f:
+        return np.uint32(0x7FC0)
+    x = np.float32(f).view(np.uint32)
+    return np.uint32((x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
+@numba.njit(cache=True, inline="always")
+def _delta16(model: Any, base: Any, k: int) -> Any:  # pragma: no cover - compiled
+    """bf16 bits (uint32, low 16) of ``model[k] - base[k]`` rounded like torch's bf16 subtraction."""
+    return _bf16(_f32(model[k]) - _f32(base[k]))
+
+
+@numba.njit(cache=True, inline="always")
+def _add_exact(sums: Any, x: float) -> None:  # pragma: no cover - compiled
+    """Add ``x`` (≥ 0, an exact multiple of bf16's smallest subnormal 2^-133) to the exponent sums
+    ``sums`` (value = Σ_e sums[e] · 2^(e-1) units of 2^-133, as ``exact_norm`` reads them)."""
+    if x == 0.0:
+        return
+    bits = np.float64(x).view(np.int64)
+    mant = (bits & ((np.int64(1) << 52) - 1)) | (np.int64(1) << 52)  # x is normal in float64
+    e = ((bits >> 52) & 0x7FF) - 941  # x = mant · 2^(e - 1) units
+    if e < 1:  # exact: x is a multiple of one unit
+        mant >>= 1 - e
+        e = 1
+    sums[e] += mant
+    if sums[e] >= np.int64(1) << 61:  # carry into the next exponent (2 units of e = 1 of e + 1)
+        sums[e + 1] += sums[e] >> 1
+        sums[e] &= 1
+
+
+@numba.njit(cache=True, inline="always")
+def _kept(k: int, start: int, mul: Any, add: Any, threshold: Any, limits: Any, per_element: bool) -> bool:  # pragma: no cover - compiled
+    """Element ``k``'s keep decision: its draw (flat index ``start + k``) below ``threshold`` (DARE),
+    or its signed draw (draw - 32768) at most ``limits[k]`` (DELLA's rank-dependent limits)."""
+    draw = _draw16(start + k, mul, add)
+    if per_element:
+        return np.int32(draw) - np.int32(32768) <= np.int32(limits[k])
+    return draw < threshold
+
+
+@numba.njit(cache=True, inline="always")
+def _l1_part(base: Any, model: Any, first: int, stop: int, start: int, mul: Any, add: Any, thr: Any, limits: Any,
+             per_element: bool, sums: Any) -> None:  # pragma: no cover - compiled
+    """Blocks ``first .. stop - 1`` of :func:`dare_l1_bf16` / :func:`della_l1_bf16` into ``sums`` (2 × 256).
+
+    Inlined into each kernel with ``per_element`` a constant, so the compiler drops the other
+    branch of :func:`_kept` (a run-time flag made both kernels 4-5 × slower: no vectorising).
+    """
+    total = base.shape[0]
+    for blk in range(first, stop):
+        lo = blk * _EXACT_BLOCK
+        hi = min(total, lo + _EXACT_BLOCK)
+        all_sum = 0.0
+        kept_sum = 0.0
+        emin = 255
+        emax = 0
+        for k in range(lo, hi):
+            d = _delta16(model, base, k) & np.uint32(0x7FFF)
+            e = np.int64(d >> np.uint32(7))
+            if d != 0:
+                emin = min(emin, e)
+            emax = max(emax, e)
+            f = np.float64(_f32(d))
+            all_sum += f
+            kept_sum += f if _kept(k, start, mul, add, thr, limits, per_element) else 0.0
+        if emax <= 200 and emax - max(emin, 1) <= 33:  # exact, and its sum's exponent stays < 255
+            _add_exact(sums[0], all_sum)
+            _add_exact(sums[1], kept_sum)
+            continue
+        for k in range(lo, hi):  # wide, huge or non-finite block: integer sums per exponent
+            d = _delta16(model, base, k) & np.uint32(0x7FFF)
+            e = d >> np.uint32(7)
+            if e == np.uint32(_INF_BIN):
+                sums[0, _INF_BIN] += 1
+                continue
+            v = np.int64(d & np.uint32(0x7F)) + (np.int64(128) if e > np.uint32(0) else np.int64(0))
+            sums[0, e] += v
+            if _kept(k, start, mul, add, thr, limits, per_element):
+                sums[1, e] += v
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
+def dare_l1_bf16(base: Any, model: Any, start: int, mul: Any, add: Any, threshold: int,
+                 sums: Any) -> None:  # pragma: no cover - compiled
+    """Exact L1 norms of DARE's task vector ``model - base`` (bf16 bits) and of its kept part.
+
+    Adds to ``sums[p, 0]`` (every element) and ``sums[p, 1]`` (kept: the draw of flat index
+    ``start + k`` below ``threshold``) exponent sums whose value is exact (``exact_norm``), the
+    same for any split of the tensor; ``sums[p, 0, 255]`` counts inf/NaN deltas. How it is fast:
+    each block of 4096 magnitudes is summed in float64, which is exact (in any order, hence
+    ``reassoc``) when its exponents span at most 33 binades — 4096 · 2^8 · 2^33 < 2^53 units of
+    its smallest; a block that spans more, or holds huge or non-finite values, is summed per
+    exponent in integers.
+    """
+    blocks = (base.shape[0] + _EXACT_BLOCK - 1) // _EXACT_BLOCK
+    per = (blocks + PARTS - 1) // PARTS
+    for p in numba.prange(PARTS):
+        _l1_part(base, model, p * per, min(blocks, (p + 1) * per), start, mul, add, np.uint32(threshold), base,
+                 False, sums[p])
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
+def della_l1_bf16(base: Any, model: Any, start: int, mul: Any, add: Any, limits: Any,
+                  sums: Any) -> None:  # pragma: no cover - compiled
+    """:func:`dare_l1_bf16` for DELLA: element ``k`` is kept where its signed draw is at most ``limits[k]``."""
+    blocks = (base.shape[0] + _EXACT_BLOCK - 1) // _EXACT_BLOCK
+    per = (blocks + PARTS - 1) // PARTS
+    for p in numba.prange(PARTS):
+        _l1_part(base, model, p * per, min(blocks, (p + 1) * per), start, mul, add, np.uint32(0), limits,
+                 True, sums[p])
+
+
+@numba.njit(cache=True, inline="always")
+def _delta_part(base: Any, model: Any, lo: int, hi: int, start: int, mul: Any, add: Any, thr: Any, limits: Any,
+                per_element: bool, factor: Any, rescale: bool, out: Any) -> int:  # pragma: no cover - compiled
+    """Elements ``lo .. hi - 1`` of :func:`dare_delta_bf16` / :func:`della_delta_bf16`; the count of inf/NaN deltas."""
+    count = 0
+    for k in range(lo, hi):
+        d = _delta16(model, base, k)
+        count += 1 if (d & np.uint32(0x7F80)) == np.uint32(0x7F80) else 0
+        kept = _bf16(_f32(d) * factor) if rescale else d
+        keep = _kept(k, start, mul, add, thr, limits, per_element)
+        out[k] = np.int16(np.uint16(kept if keep else d & np.uint32(0x8000)))
+    return count
+
+
+@numba.njit(parallel=True, cache=True)
+def dare_delta_bf16(base: Any, model: Any, start: int, mul: Any, add: Any, threshold: int, factor: Any,
+                    rescale: bool, out: Any) -> int:  # pragma: no cover - compiled
+    """``out`` = bf16 bits of DARE's sparsified task vector: ``model - base`` where the draw of flat
+    index ``start + k`` is below ``threshold`` (times ``factor``, rounded, if ``rescale``), else the
+    delta's signed zero. Returns the number of inf/NaN deltas (the caller then takes torch's path)."""
+    total = base.shape[0]
+    step = (total + PARTS - 1) // PARTS
+    bad = np.zeros(PARTS, np.int64)
+    for p in numba.prange(PARTS):
+        bad[p] = _delta_part(base, model, p * step, min(total, (p + 1) * step), start, mul, add,
+                             np.uint32(threshold), base, False, factor, rescale, out)
+    return int(bad.sum())
+
+
+@numba.njit(parallel=True, cache=True)
+def della_delta_bf16(base: Any, model: Any, start: int, mul: Any, add: Any, limits: Any, factor: Any,
+                     rescale: bool, out: Any) -> int:  # pragma: no cover - compiled
+    """:func:`dare_delta_bf16` for DELLA: element ``k`` is kept where its signed draw is at most ``limits[k]``."""
+    total = base.shape[0]
+    step = (total + PARTS - 1) // PARTS
+    bad = np.zeros(PARTS, np.int64)
+    for p in numba.prange(PARTS):
+        bad[p] = _delta_part(base, model, p * step, min(total, (p + 1) * step), start, mul, add, np.uint32(0),
+                             limits, True, factor, rescale, out)
+    return int(bad.sum())
+
+
 def warm() -> None:
     """Compile (or load from numba's cache) every kernel above on tiny inputs: ``scripts/setup.sh``
     calls it once, so no merge waits seconds for a compile."""
@@ -264,3 +447,9 @@ def warm() -> None:
     var_bf16(bits, out)
     var_f32(np.zeros((2, 4), np.float32), np.zeros(4, np.float32))
     sce_combine_bf16(out.copy(), bits, np.ones(2, np.float32), np.float32(1e-6), out)
+    sums = np.zeros((PARTS, 2, 256), np.int64)
+    one, zero = np.uint64(1), np.uint64(0)
+    dare_l1_bf16(out, out.copy(), 0, one, zero, 32768, sums)
+    della_l1_bf16(out, out.copy(), 0, one, zero, out.copy(), sums)
+    dare_delta_bf16(out, out.copy(), 0, one, zero, 32768, np.float32(1.0), True, out.copy())
+    della_delta_bf16(out, out.copy(), 0, one, zero, out.copy(), np.float32(1.0), True, out.copy())

@@ -88,6 +88,9 @@ NAMES = sorted([
     "mergekit.sparsify.magnitude",  # replaced (exact-k trim)
     "mergekit.sparsify.magnitude_outliers",  # replaced (exact breadcrumbs)
     "mergekit.sparsify.rescaled_masked_tensor",
+    "mergekit.sparsify.SparsificationMethod",
+    "mergekit.sparsify.SparsificationMethod.random",  # DARE's drop: the fused merge_group takes fused_drop's kernels
+    "mergekit.sparsify.SparsificationMethod.della_magprune",  # DELLA's drop: likewise
     # mixture of experts (moe.py, for hpc_merge.moe)
     "mergekit.moe.ALL_OUTPUT_ARCHITECTURES",
     "mergekit.moe.common.noise_and_scale",
