@@ -13,7 +13,7 @@ runs the *same* mergekit method task on those rows and writes each chunk's resul
 the tensor's place in the output shard (``StreamingTensorWriter.open_slot``; without a streaming
 writer, into one output tensor), so neither the inputs nor the output are ever whole in memory.
 Row-separable methods compute each output element from the same element (DELLA: the same row)
-of the inputs: ``linear``, ``task_arithmetic``, ``passthrough``, ``nearswap``, ``ties``,
+of the inputs: ``linear``, ``task_arithmetic``, ``passthrough``, ``nearswap``, ``ram``, ``ties``,
 ``breadcrumbs`` / ``breadcrumbs_ties``, ``dare_ties`` / ``dare_linear`` and ``della`` /
 ``della_linear`` (2-D tensors) — the last seven only with ``job.options.sparsify: fast`` (the
 default). TIES and breadcrumbs (without ``rescale``) keep the top-k (breadcrumbs: a band between
@@ -23,7 +23,7 @@ element's coordinates (:mod:`~hpc_merge.mergekit_adapter.random_sparsify`); with
 the whole task vectors' L1 norms exactly. Results are bit-identical to merging whole tensors (tested).
 
 Not chunked (whole tensors, as mergekit does): methods that need whole-tensor statistics (slerp,
-nuslerp, karcher, model_stock, sce, arcee_fusion, ram), mergekit's own random
+nuslerp, multislerp, karcher, model_stock, sce, arcee_fusion, ramplus_tl), mergekit's own random
 stream (``sparsify: mergekit``), tokenizer-aligned vocabularies, inputs that are not
 ``.safetensors`` or not on CPU, tensors whose inputs differ in shape, and float64 TIES/DARE.
 """

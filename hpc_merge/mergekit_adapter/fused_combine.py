@@ -113,13 +113,15 @@ def merge_group(real: Any, method: Any, group: Any, parameters: dict[str, Any]) 
     for index, entry in enumerate(entries):
         if counter and _dropped_into(deltas[index], base, entry, sparsification, parameters):
             continue  # DARE's / DELLA's counter-based drop in compiled passes (the torch path's bits)
-        delta = entry.tensor - base
+        delta = torch.sub(entry.tensor, base, out=deltas[index])  # in place: no temporary, no copy
         if method.sparsification_method:
             extra = {key: parameters[key][entry.id] for key in ("gamma", "epsilon") if key in parameters}
-            delta = mergekit.sparsify.sparsify(
+            sparse = mergekit.sparsify.sparsify(
                 delta, density=parameters["density"][entry.id], method=method.sparsification_method,
                 rescale_norm=mergekit.sparsify.RescaleNorm.l1 if parameters["rescale"] else None, **extra)
-        deltas[index] = delta
+            if sparse is not delta:
+                deltas[index] = sparse
+            del sparse
         del delta
     weights = [parameters["weight"][entry.id] for entry in entries]
     return combine(base, deltas, weights, consensus, bool(parameters["normalize"]), float(parameters["lambda"]))
