@@ -85,7 +85,7 @@ def _dropped_into(out: torch.Tensor, base: torch.Tensor, entry: Any, sparsificat
     density, rescale = parameters["density"][entry.id], bool(parameters["rescale"])
     if sparsification == SparsificationMethod.random:
         return fused_drop.dare_into(out, base, entry.tensor, density, rescale)
-    if sparsification == SparsificationMethod.della_magprune:
+    if sparsification == SparsificationMethod.della_magprune and "epsilon" in parameters:
         return fused_drop.della_into(out, base, entry.tensor, density, parameters["epsilon"][entry.id], rescale)
     return False
 
