@@ -437,6 +437,27 @@ def della_delta_bf16(base: Any, model: Any, start: int, mul: Any, add: Any, limi
     return int(bad.sum())
 
 
+@numba.njit(parallel=True, cache=True)
+def hist15(bits: Any, parts: int, out: Any) -> None:  # pragma: no cover - compiled
+    """``out += torch.bincount(bits, minlength=32768)`` for 15-bit patterns (int16 ≥ 0, flat).
+
+    Each of ``parts`` shares (one per thread: ``numba.get_num_threads()``, passed in because a
+    kernel that asks for it cannot be cached) is counted into four interleaved histograms (runs
+    of equal magnitudes — everywhere in real bf16 task vectors — would otherwise wait on one
+    counter); then they are added.
+    """
+    n = bits.shape[0]
+    step = (n + parts - 1) // parts
+    counts = np.zeros((parts, 4, 32768), np.int64)
+    for p in numba.prange(parts):
+        for k in range(p * step, min(n, (p + 1) * step)):
+            counts[p, k & 3, bits[k]] += 1
+    for p in range(parts):
+        for lane in range(4):
+            for j in range(32768):
+                out[j] += counts[p, lane, j]
+
+
 def warm() -> None:
     """Compile (or load from numba's cache) every kernel above on tiny inputs: ``scripts/setup.sh``
     calls it once, so no merge waits seconds for a compile."""
@@ -447,6 +468,7 @@ def warm() -> None:
     var_bf16(bits, out)
     var_f32(np.zeros((2, 4), np.float32), np.zeros(4, np.float32))
     sce_combine_bf16(out.copy(), bits, np.ones(2, np.float32), np.float32(1e-6), out)
+    hist15(out, numba.get_num_threads(), np.zeros(32768, np.int64))
     sums = np.zeros((PARTS, 2, 256), np.int64)
     one, zero = np.uint64(1), np.uint64(0)
     dare_l1_bf16(out, out.copy(), 0, one, zero, 32768, sums)

@@ -37,15 +37,38 @@ def _pick(counts: torch.Tensor, k: int) -> tuple[int, int]:
     return counts.numel() - 1 - j, above
 
 
+_COMPILED_COUNT_MIN = 1 << 16  # below this many elements torch.bincount is as fast (no thread start-up)
+
+
+def count15(keys: torch.Tensor) -> torch.Tensor:
+    """``torch.bincount(keys, minlength=32768)`` for 15-bit magnitude patterns (int16 ≥ 0).
+
+    Large tensors are counted by the compiled, threaded ``numba_kernels.hist15`` (torch's
+    ``bincount`` runs on one thread: 8 vs 3.3 ms for 4.4M elements here); the counts are integers,
+    so the trims that read them are unchanged.
+    """
+    import torch
+
+    flat = keys.reshape(-1)
+    if flat.numel() < _COMPILED_COUNT_MIN or flat.device.type != "cpu" or not flat.is_contiguous():
+        return torch.bincount(flat, minlength=1 << 15)
+    from numba import get_num_threads
+
+    from hpc_merge.mergekit_adapter.numba_kernels import hist15
+
+    counts = torch.zeros(1 << 15, dtype=torch.int64)
+    hist15(flat.detach().numpy(), get_num_threads(), counts.numpy())
+    return counts
+
+
 def _kth_largest_bits16(bits: torch.Tensor, k: int) -> tuple[int, int]:
     """``(threshold, above)``: the k-th largest of non-negative 15-bit patterns, and how many exceed it.
 
     The magnitudes' bit patterns order like the magnitudes (sign bit cleared by ``abs``), so a
     32768-bin count read from the top gives the k-th largest in one pass.
     """
-    import torch
 
-    return _pick(torch.bincount(bits, minlength=1 << 15), k)  # int16 directly: no 4-byte copy per element
+    return _pick(count15(bits), k)
 
 
 def magnitude_mask(tensor: torch.Tensor, density: float) -> torch.Tensor:
@@ -182,7 +205,7 @@ def top_k16(tensor: torch.Tensor, k: int) -> torch.Tensor | None:
     import torch
 
     keys = tensor.reshape(-1).view(torch.int16) & 0x7FFF
-    counts = torch.bincount(keys, minlength=1 << 15)
+    counts = count15(keys)
     if not finite16(counts, tensor.dtype):
         return None
     threshold, above = _pick(counts, k)

@@ -126,6 +126,22 @@ def test_output_bit_identical_outside_ties_and_edge_cases() -> None:
     assert exact_magnitude(torch.empty(0), 0.5).numel() == 0
 
 
+@pytest.mark.parametrize("n", [0, 5, (1 << 16) - 1, 1 << 16, 4_000_003])
+def test_compiled_count_equals_bincount(n: int) -> None:
+    """The threaded 32768-bin count behind the 16-bit trims gives torch.bincount's counts, runs of ties included."""
+    from hpc_merge.mergekit_adapter.topk import count15
+
+    g = torch.Generator().manual_seed(n)
+    base = (torch.randn(n, generator=g) * 0.02).bfloat16()
+    model = (base.float() + torch.randn(n, generator=g) * 0.0002).bfloat16()
+    keys = (model - base).abs().view(torch.int16)  # a few ulps: thousands of equal magnitudes
+    if n:
+        keys[: min(n, 9)] = torch.tensor([0, 32767, 32767, 0, 1, 0x7F80, 0x7FC0, 5, 5], dtype=torch.int16)[: min(n, 9)]
+    assert torch.equal(count15(keys), torch.bincount(keys, minlength=1 << 15))
+    if n > 8:  # a strided view goes through torch
+        assert torch.equal(count15(keys[::2]), torch.bincount(keys[::2], minlength=1 << 15))
+
+
 def test_option_validated_as_one_config_error() -> None:
     """A bad ``job.options.sparsify`` is one ConfigError naming the field; good values pass."""
     with pytest.raises(ConfigError) as info:
