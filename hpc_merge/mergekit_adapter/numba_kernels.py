@@ -20,14 +20,19 @@ BLOCK = 8192  # elements per kernel block: n + 4 float rows of it stay in L1/L2
 
 
 @numba.njit(cache=True, inline="always")
+def _bf16(f: Any) -> Any:  # pragma: no cover - compiled
+    """bf16 bits (uint32, low 16) of float32 ``f`` rounded to nearest even; NaN -> torch's 0x7FC0."""
+    if f != f:
+        return np.uint32(0x7FC0)
+    x = np.float32(f).view(np.uint32)
+    return np.uint32((x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
+@numba.njit(cache=True, inline="always")
 def _round(f: Any, u: Any, m: int) -> None:
     """``f[:m]`` rounded to bf16 in place (``u`` is ``f``'s uint32 view); NaN -> torch's 0x7FC0."""
     for k in range(m):
-        x = u[k]
-        if f[k] != f[k]:
-            u[k] = np.uint32(0x7FC00000)
-        else:
-            u[k] = ((x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)) << np.uint32(16)
+        u[k] = _bf16(f[k]) << np.uint32(16)
 
 
 @numba.njit(cache=True, inline="always")
@@ -278,15 +283,6 @@ def _draw16(i: Any, mul: Any, add: Any) -> Any:  # pragma: no cover - compiled
 def _f32(bits16: Any) -> Any:  # pragma: no cover - compiled
     """The float32 value of bf16 bits (any integer type; the low 16 bits are used)."""
     return np.uint32(np.uint32(np.uint16(bits16)) << np.uint32(16)).view(np.float32)
-
-
-@numba.njit(cache=True, inline="always")
-def _bf16(f: Any) -> Any:  # pragma: no cover - compiled
-    """bf16 bits (uint32, low 16) of float32 ``f`` rounded to nearest even; NaN -> torch's 0x7FC0."""
-    if f != f:
-        return np.uint32(0x7FC0)
-    x = np.float32(f).view(np.uint32)
-    return np.uint32((x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
 
 
 @numba.njit(cache=True, inline="always")
