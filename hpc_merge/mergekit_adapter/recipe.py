@@ -184,6 +184,11 @@ def _check_required(recipe: dict[str, Any], spec: Any, field: str, base: Any) ->
             continue
         if p.name in top:
             continue
+        listed = {str(entry["model"]) for entry in recipe["models"]}
+        if p.scope.value == "input" and base and str(base) not in listed:  # mergekit adds the base as one more input
+            raise ConfigError(f"{field}.base_model", f"{spec.name} merges the base model in as another input, "
+                              f"and it has no {p.name}",
+                              f"remove base_model, or list it under {field}.models with a {p.name}")
         for i, entry in enumerate(recipe["models"]):
             if p.scope.value == "non_base" and base and str(entry["model"]) == str(base):
                 continue

@@ -64,6 +64,16 @@ def test_missing_required_weight(tiny_pool) -> None:
     assert err.field == "merge.models[1].parameters.weight"
 
 
+def test_base_model_that_linear_would_merge_without_a_weight(tiny_pool) -> None:
+    """mergekit adds an unlisted base_model to linear's inputs and then fails on its missing weight, mid-merge."""
+    r = recipe_for("linear")
+    r["base_model"] = "tiny:base"
+    err = _error(_cfg(r))
+    assert err.field == "merge.base_model" and "weight" in str(err)
+    r["parameters"] = {"weight": 0.5}  # a global weight covers the base too: mergekit merges it in
+    prepare(_cfg(r))
+
+
 def test_missing_model(tiny_pool, tmp_path: Path) -> None:
     r = recipe_for("linear")
     r["models"][0]["model"] = str(tmp_path / "nope")
