@@ -26,7 +26,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hpc_merge.mergekit_adapter.topk import _pick, finite16, keep_ties, masked16
+from hpc_merge.mergekit_adapter.topk import (
+    NOTHING16,
+    _pick,
+    band16,
+    count15,
+    cut16,
+    finite16,
+    keep_ties,
+    masked16,
+    takes_kernels,
+)
 from hpc_merge.mergekit_adapter.trim import ACTIVE
 
 if TYPE_CHECKING:
@@ -87,12 +97,18 @@ class _Entry:
     def settled(self) -> bool:
         return self.trivial or (self.bits > 0 and self.level == len(_DIGITS[self.bits]))
 
-    def record(self, tensor: torch.Tensor) -> None:
+    def record(self, tensor: torch.Tensor, counts16: torch.Tensor | None = None) -> None:
+        """Count this chunk's digits; ``counts16``: the chunk's 15-bit magnitude histogram if the caller has it."""
         import torch
 
-        keys, bits = magnitude_keys(tensor)
         if self.bits and tensor.dtype != self.dtype:
             raise NotStreamable("dtype changed between chunks")
+        if tensor.dtype in (torch.bfloat16, torch.float16):  # one digit: the histogram of the raw bits' magnitudes
+            self.bits, self.dtype = 15, tensor.dtype
+            counts = counts16 if counts16 is not None else count15(tensor.reshape(-1).view(torch.int16))
+            self.counts = counts if self.counts is None else self.counts + counts
+            return
+        keys, bits = magnitude_keys(tensor)
         self.bits, self.dtype = bits, tensor.dtype
         shift, width = _DIGITS[bits][self.level]
         if self.level:
@@ -122,6 +138,16 @@ class _Entry:
         keep = keys > self.prefix
         self.remaining_ties -= keep_ties(keep, keys, self.prefix, self.remaining_ties)
         return keep.view(tensor.shape)
+
+    def selection16(self, bits: torch.Tensor) -> tuple[int, int] | None:
+        """This chunk's ``(threshold, cut)`` for ``topk.band16`` (spending its ties), or None if unknown to be finite."""
+        if self.trivial:
+            return (-1, 0) if self.density >= 1 else NOTHING16
+        if not self.finite:
+            return None
+        cut, kept = cut16(bits, self.prefix, self.remaining_ties)
+        self.remaining_ties -= kept
+        return self.prefix, cut
 
     def apply(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor * mask`` of this chunk (the whole tensor's threshold, the ties left in flat order)."""
@@ -154,20 +180,37 @@ class _Band:
         return self.upper.settled and self.lower.settled
 
     def record(self, tensor: torch.Tensor) -> None:
-        for entry in (self.upper, self.lower):
-            if not entry.settled:
-                entry.record(tensor)
+        import torch
+
+        todo = [entry for entry in (self.upper, self.lower) if not entry.settled]
+        shared = None
+        if len(todo) == 2 and tensor.dtype in (torch.bfloat16, torch.float16):  # one histogram serves both
+            shared = count15(tensor.reshape(-1).view(torch.int16))
+        for entry in todo:
+            entry.record(tensor, shared)
 
     def end_pass(self) -> None:
         self.upper.end_pass()
         self.lower.end_pass()
 
     def apply(self, tensor: torch.Tensor, rescale_norm: Any) -> torch.Tensor:
+        import torch
         from mergekit.sparsify import rescaled_masked_tensor
 
+        if rescale_norm is None and tensor.dtype in (torch.bfloat16, torch.float16) and self.finite:
+            bits = tensor.contiguous().reshape(-1).view(torch.int16)
+            if takes_kernels(bits):  # one compiled pass over the band
+                upper, lower = self.upper.selection16(bits), self.lower.selection16(bits)
+                return band16(bits, upper, lower).view(tensor.dtype).view(tensor.shape)
         keep = self.upper.keep(tensor)
         keep &= ~self.lower.keep(tensor)
         return rescaled_masked_tensor(tensor, keep.to(tensor.dtype), rescale_norm)
+
+    @property
+    def finite(self) -> bool:
+        """True if a (non-trivial) selection's histogram showed no inf/NaN in this 16-bit task vector."""
+        entries = [e for e in (self.upper, self.lower) if not e.trivial]
+        return bool(entries) and all(e.finite and e.dtype == entries[0].dtype for e in entries)
 
 
 @dataclass

@@ -72,7 +72,7 @@ def combine_bf16(base: Any, deltas: Any, w: Any, consensus: int, normalize: bool
         divu = div.view(np.uint32)
         for i in range(n):  # weighted task vectors: bf16(delta * w)
             wi = w[i]
-            _widen(deltas[i], a, m, dwu[i])
+            _widen(deltas[i, a:a + m], 0, m, dwu[i])
             for k in range(m):
                 dw[i, k] = dw[i, k] * wi
             _round(dw[i], dwu[i], m)
@@ -122,7 +122,7 @@ def combine_bf16(base: Any, deltas: Any, w: Any, consensus: int, normalize: bool
             for k in range(m):
                 acc[k] = acc[k] * lam
             _round(acc, accu, m)
-        _store_base_plus(base, a, m, acc, accu, div, divu, out)
+        _store_base_plus(base[a:a + m], 0, m, acc, accu, div, divu, out[a:a + m])
 
 
 
@@ -135,10 +135,11 @@ def rank_limits16(keys: Any, table: Any, out: Any) -> None:  # pragma: no cover 
     """
     rows, cols = keys.shape
     for r in numba.prange(rows):
+        row, dest = keys[r], out[r]
         low = np.zeros(257, np.int64)
         high = np.zeros(129, np.int64)
         for j in range(cols):
-            k = keys[r, j]
+            k = row[j]
             low[(k & 0xFF) + 1] += 1
             high[((k >> 8) & 0x7F) + 1] += 1
         for b in range(256):
@@ -147,13 +148,13 @@ def rank_limits16(keys: Any, table: Any, out: Any) -> None:  # pragma: no cover 
             high[b + 1] += high[b]
         first = np.empty(cols, np.int64)
         for j in range(cols):
-            b = keys[r, j] & 0xFF
+            b = row[j] & 0xFF
             first[low[b]] = j
             low[b] += 1
         for i in range(cols):
             j = first[i]
-            b = (keys[r, j] >> 8) & 0x7F
-            out[r, j] = table[high[b]]
+            b = (row[j] >> 8) & 0x7F
+            dest[j] = table[high[b]]
             high[b] += 1
 
 
@@ -184,14 +185,15 @@ def var_bf16(tvs: Any, out: Any) -> None:  # pragma: no cover - compiled
         x = np.empty((n, m), np.float32)
         xu = x.view(np.uint32)
         for i in range(n):
-            _widen(tvs[i], a, m, xu[i])
+            _widen(tvs[i, a:a + m], 0, m, xu[i])
         f = np.empty(m, np.float32)
         fu = f.view(np.uint32)
         for k in range(m):
             f[k] = np.float32(_welford(x, k))
         _round(f, fu, m)
+        dest = out[a:a + m]
         for k in range(m):
-            out[a + k] = np.int16(np.uint16(fu[k] >> np.uint32(16)))
+            dest[k] = np.int16(np.uint16(fu[k] >> np.uint32(16)))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -221,7 +223,7 @@ def sce_combine_bf16(base: Any, tvs: Any, w: Any, floor: Any, out: Any) -> None:
         d = np.empty((n, m), np.float32)
         du = d.view(np.uint32)
         for i in range(n):
-            _widen(tvs[i], a, m, du[i])
+            _widen(tvs[i, a:a + m], 0, m, du[i])
         acc = np.empty(m, np.float32)
         accu = acc.view(np.uint32)
         div = np.empty(m, np.float32)
@@ -257,7 +259,7 @@ def sce_combine_bf16(base: Any, tvs: Any, w: Any, floor: Any, out: Any) -> None:
                 div[k] = floor
             acc[k] = acc[k] / div[k]
         _round(acc, accu, m)
-        _store_base_plus(base, a, m, acc, accu, div, divu, out)
+        _store_base_plus(base[a:a + m], 0, m, acc, accu, div, divu, out[a:a + m])
 
 
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -331,32 +333,33 @@ def _l1_part(base: Any, model: Any, first: int, stop: int, start: int, mul: Any,
     for blk in range(first, stop):
         lo = blk * _EXACT_BLOCK
         hi = min(total, lo + _EXACT_BLOCK)
+        b, m, lim, at = base[lo:hi], model[lo:hi], limits[lo:hi], start + lo
         all_sum = 0.0
         kept_sum = 0.0
         emin = 255
         emax = 0
-        for k in range(lo, hi):
-            d = _delta16(model, base, k) & np.uint32(0x7FFF)
+        for k in range(hi - lo):
+            d = _delta16(m, b, k) & np.uint32(0x7FFF)
             e = np.int64(d >> np.uint32(7))
             if d != 0:
                 emin = min(emin, e)
             emax = max(emax, e)
             f = np.float64(_f32(d))
             all_sum += f
-            kept_sum += f if _kept(k, start, mul, add, thr, limits, per_element) else 0.0
+            kept_sum += f if _kept(k, at, mul, add, thr, lim, per_element) else 0.0
         if emax <= 200 and emax - max(emin, 1) <= 33:  # exact, and its sum's exponent stays < 255
             _add_exact(sums[0], all_sum)
             _add_exact(sums[1], kept_sum)
             continue
-        for k in range(lo, hi):  # wide, huge or non-finite block: integer sums per exponent
-            d = _delta16(model, base, k) & np.uint32(0x7FFF)
+        for k in range(hi - lo):  # wide, huge or non-finite block: integer sums per exponent
+            d = _delta16(m, b, k) & np.uint32(0x7FFF)
             e = d >> np.uint32(7)
             if e == np.uint32(_INF_BIN):
                 sums[0, _INF_BIN] += 1
                 continue
             v = np.int64(d & np.uint32(0x7F)) + (np.int64(128) if e > np.uint32(0) else np.int64(0))
             sums[0, e] += v
-            if _kept(k, start, mul, add, thr, limits, per_element):
+            if _kept(k, at, mul, add, thr, lim, per_element):
                 sums[1, e] += v
 
 
@@ -392,11 +395,11 @@ def della_l1_bf16(base: Any, model: Any, start: int, mul: Any, add: Any, limits:
 
 
 @numba.njit(cache=True, inline="always")
-def _delta_part(base: Any, model: Any, lo: int, hi: int, start: int, mul: Any, add: Any, thr: Any, limits: Any,
+def _delta_part(base: Any, model: Any, start: int, mul: Any, add: Any, thr: Any, limits: Any,
                 per_element: bool, factor: Any, rescale: bool, out: Any) -> int:  # pragma: no cover - compiled
-    """Elements ``lo .. hi - 1`` of :func:`dare_delta_bf16` / :func:`della_delta_bf16`; the count of inf/NaN deltas."""
+    """One share of :func:`dare_delta_bf16` / :func:`della_delta_bf16` (slices; flat index ``start + k``); the count of inf/NaN deltas."""
     count = 0
-    for k in range(lo, hi):
+    for k in range(base.shape[0]):
         d = _delta16(model, base, k)
         count += 1 if (d & np.uint32(0x7F80)) == np.uint32(0x7F80) else 0
         kept = _bf16(_f32(d) * factor) if rescale else d
@@ -415,8 +418,9 @@ def dare_delta_bf16(base: Any, model: Any, start: int, mul: Any, add: Any, thres
     step = (total + PARTS - 1) // PARTS
     bad = np.zeros(PARTS, np.int64)
     for p in numba.prange(PARTS):
-        bad[p] = _delta_part(base, model, p * step, min(total, (p + 1) * step), start, mul, add,
-                             np.uint32(threshold), base, False, factor, rescale, out)
+        lo, hi = p * step, min(total, (p + 1) * step)
+        bad[p] = _delta_part(base[lo:hi], model[lo:hi], start + lo, mul, add, np.uint32(threshold), base[lo:hi],
+                             False, factor, rescale, out[lo:hi])
     return int(bad.sum())
 
 
@@ -428,14 +432,15 @@ def della_delta_bf16(base: Any, model: Any, start: int, mul: Any, add: Any, limi
     step = (total + PARTS - 1) // PARTS
     bad = np.zeros(PARTS, np.int64)
     for p in numba.prange(PARTS):
-        bad[p] = _delta_part(base, model, p * step, min(total, (p + 1) * step), start, mul, add, np.uint32(0),
-                             limits, True, factor, rescale, out)
+        lo, hi = p * step, min(total, (p + 1) * step)
+        bad[p] = _delta_part(base[lo:hi], model[lo:hi], start + lo, mul, add, np.uint32(0), limits[lo:hi],
+                             True, factor, rescale, out[lo:hi])
     return int(bad.sum())
 
 
 @numba.njit(parallel=True, cache=True)
 def hist15(bits: Any, parts: int, out: Any) -> None:  # pragma: no cover - compiled
-    """``out += torch.bincount(bits, minlength=32768)`` for 15-bit patterns (int16 ≥ 0, flat).
+    """``out += torch.bincount(bits & 0x7FFF, minlength=32768)``: the magnitudes of 16-bit float bit patterns (int16, flat).
 
     Each of ``parts`` shares (one per thread: ``numba.get_num_threads()``, passed in because a
     kernel that asks for it cannot be cached) is counted into four interleaved histograms (runs
@@ -446,12 +451,84 @@ def hist15(bits: Any, parts: int, out: Any) -> None:  # pragma: no cover - compi
     step = (n + parts - 1) // parts
     counts = np.zeros((parts, 4, 32768), np.int64)
     for p in numba.prange(parts):
-        for k in range(p * step, min(n, (p + 1) * step)):
-            counts[p, k & 3, bits[k]] += 1
+        share, mine = bits[p * step:min(n, (p + 1) * step)], counts[p]
+        for k in range(share.shape[0]):
+            mine[k & 3, share[k] & 0x7FFF] += 1
     for p in range(parts):
         for lane in range(4):
             for j in range(32768):
                 out[j] += counts[p, lane, j]
+
+
+TIE_BLOCK16 = 4096  # elements per tie-count block of tie_cut16
+
+
+@numba.njit(parallel=True, cache=True)
+def tie_cut16(bits: Any, threshold: int, need: int) -> Any:  # pragma: no cover - compiled
+    """``(cut, kept)``: the first ``kept = min(need, #ties)`` elements of 16-bit float bits ``bits``
+    (int16, flat) whose magnitude pattern equals ``threshold`` lie in ``[0, cut)`` (``need`` > 0).
+
+    Ties are counted per block in parallel; the block where the count reaches ``need`` is scanned.
+    If ``need`` covers every tie, ``cut`` is ``n``.
+    """
+    n = bits.shape[0]
+    blocks = (n + TIE_BLOCK16 - 1) // TIE_BLOCK16
+    counts = np.zeros(blocks, np.int64)
+    for b in numba.prange(blocks):
+        c = 0
+        block = bits[b * TIE_BLOCK16:min(n, (b + 1) * TIE_BLOCK16)]
+        for k in range(block.shape[0]):
+            c += (block[k] & 0x7FFF) == threshold
+        counts[b] = c
+    total = counts.sum()
+    if total <= need:  # every tie is kept (as topk.tie_cut says it)
+        return n, total
+    seen = 0
+    for b in range(blocks):
+        if seen + counts[b] >= need:
+            for k in range(b * TIE_BLOCK16, min(n, (b + 1) * TIE_BLOCK16)):
+                if (bits[k] & 0x7FFF) == threshold:
+                    seen += 1
+                    if seen == need:
+                        return k + 1, seen
+        seen += counts[b]
+    return n, seen
+
+
+@numba.njit(cache=True, inline="always")
+def _band16(bits: Any, above: Any, at_most: Any, out: Any) -> None:  # pragma: no cover - compiled
+    """``out`` = ``bits`` where ``above < magnitude pattern <= at_most``, else the sign bit alone."""
+    keep_all, sign_only, low15 = np.int16(-1), np.int16(-32768), np.int16(0x7FFF)
+    for k in range(bits.shape[0]):
+        x = bits[k]
+        key = x & low15
+        out[k] = x & (keep_all if (key > above) & (key <= at_most) else sign_only)
+
+
+@numba.njit(parallel=True, cache=True)
+def select16(bits: Any, upper: int, upper_cut: int, lower: int, lower_cut: int, out: Any) -> None:  # pragma: no cover - compiled
+    """``out`` = ``bits`` (16-bit floats, int16, flat) where the element is in the top selection
+    ``(upper, upper_cut)`` and not in ``(lower, lower_cut)``, else its sign bit alone (``x * 0``).
+
+    Element ``k`` is in selection ``(t, cut)`` if its magnitude pattern is above ``t``, or equal to
+    it and ``k < cut`` (:func:`tie_cut16`); ``lower = 0x7FFF, lower_cut = 0`` selects nothing.
+    Below a cut the selection is "pattern > t - 1", past it "pattern > t": each block is split at
+    the cuts into runs with constant 16-bit bounds (which vectorise; a per-element index test did not).
+    """
+    n = bits.shape[0]
+    blocks = (n + BLOCK - 1) // BLOCK
+    for b in numba.prange(blocks):
+        lo, hi = b * BLOCK, min(n, (b + 1) * BLOCK)
+        while lo < hi:
+            stop = hi
+            if lo < upper_cut:
+                stop = min(stop, upper_cut)
+            if lo < lower_cut:
+                stop = min(stop, lower_cut)
+            above = np.int16(upper - 1 if lo < upper_cut else upper)
+            at_most = np.int16(lower - 1 if lo < lower_cut else lower)
+            _band16(bits[lo:stop], above, at_most, out[lo:stop])
+            lo = stop
 
 
 def warm() -> None:
@@ -465,6 +542,8 @@ def warm() -> None:
     var_f32(np.zeros((2, 4), np.float32), np.zeros(4, np.float32))
     sce_combine_bf16(out.copy(), bits, np.ones(2, np.float32), np.float32(1e-6), out)
     hist15(out, numba.get_num_threads(), np.zeros(32768, np.int64))
+    tie_cut16(out, 0, 1)
+    select16(out, 0, 0, 0x7FFF, 0, out.copy())
     sums = np.zeros((PARTS, 2, 256), np.int64)
     one, zero = np.uint64(1), np.uint64(0)
     dare_l1_bf16(out, out.copy(), 0, one, zero, 32768, sums)

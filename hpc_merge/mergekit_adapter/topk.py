@@ -40,8 +40,14 @@ def _pick(counts: torch.Tensor, k: int) -> tuple[int, int]:
 _COMPILED_COUNT_MIN = 1 << 16  # below this many elements torch.bincount is as fast (no thread start-up)
 
 
+def takes_kernels(flat: torch.Tensor) -> bool:
+    """True if the compiled kernels take this flat tensor (large, contiguous, on the CPU)."""
+    return flat.numel() >= _COMPILED_COUNT_MIN and flat.device.type == "cpu" and flat.is_contiguous()
+
+
 def count15(keys: torch.Tensor) -> torch.Tensor:
-    """``torch.bincount(keys, minlength=32768)`` for 15-bit magnitude patterns (int16 ≥ 0).
+    """``torch.bincount(keys & 0x7FFF, minlength=32768)``: the magnitude histogram of 16-bit float
+    bit patterns (int16; the sign bit is ignored, so a tensor's raw bits need no ``abs`` first).
 
     Large tensors are counted by the compiled, threaded ``numba_kernels.hist15`` (torch's
     ``bincount`` runs on one thread: 8 vs 3.3 ms for 4.4M elements here); the counts are integers,
@@ -50,8 +56,8 @@ def count15(keys: torch.Tensor) -> torch.Tensor:
     import torch
 
     flat = keys.reshape(-1)
-    if flat.numel() < _COMPILED_COUNT_MIN or flat.device.type != "cpu" or not flat.is_contiguous():
-        return torch.bincount(flat, minlength=1 << 15)
+    if not takes_kernels(flat):
+        return torch.bincount(flat & 0x7FFF, minlength=1 << 15)
     from numba import get_num_threads
 
     from hpc_merge.mergekit_adapter.numba_kernels import hist15
@@ -168,6 +174,37 @@ def keep_ties(keep: torch.Tensor, keys: torch.Tensor, threshold: Any, need: int)
     return kept
 
 
+NOTHING16 = (0x7FFF, 0)  # the (threshold, cut) of an empty selection: no finite magnitude is above 0x7FFF
+
+
+def cut16(bits: torch.Tensor, threshold: int, need: int) -> tuple[int, int]:
+    """``(cut, kept)`` (:func:`tie_cut`) for the ties of 16-bit float bits ``bits`` (int16, flat) at magnitude ``threshold``."""
+    if need <= 0:
+        return 0, 0
+    if takes_kernels(bits):
+        from hpc_merge.mergekit_adapter.numba_kernels import tie_cut16
+
+        cut, kept = tie_cut16(bits.detach().numpy(), threshold, need)
+        return int(cut), int(kept)
+    return tie_cut((bits & 0x7FFF) == threshold, need)
+
+
+def band16(bits: torch.Tensor, upper: tuple[int, int], lower: tuple[int, int] = NOTHING16) -> torch.Tensor:
+    """``bits`` (int16, flat, :func:`takes_kernels`) where in selection ``upper`` and not in ``lower``, else the sign bit.
+
+    A selection ``(threshold, cut)`` holds the magnitudes above ``threshold`` and those equal to it
+    before flat index ``cut`` (:func:`cut16`): TIES keeps one, breadcrumbs the band between two.
+    One compiled pass (``numba_kernels.select16``) instead of six tensor operations.
+    """
+    import torch
+
+    from hpc_merge.mergekit_adapter.numba_kernels import select16
+
+    out = torch.empty_like(bits)
+    select16(bits.detach().numpy(), upper[0], upper[1], lower[0], lower[1], out.numpy())
+    return out
+
+
 def masked16(tensor: torch.Tensor, threshold: int, need: int, keys: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """``(tensor * mask, ties kept)`` for a 16-bit float tensor without inf or NaN, by integer operations on its bits.
 
@@ -181,6 +218,9 @@ def masked16(tensor: torch.Tensor, threshold: int, need: int, keys: torch.Tensor
     import torch
 
     bits = tensor.reshape(-1).view(torch.int16)
+    if takes_kernels(bits):
+        cut, kept = cut16(bits, threshold, need)
+        return band16(bits, (threshold, cut)).view(tensor.dtype).view(tensor.shape), kept
     if keys is None:
         keys = bits & 0x7FFF
     mask = torch.rsub(keys, threshold).bitwise_right_shift_(15)  # -1 (all ones) where key > threshold, else 0
@@ -204,9 +244,38 @@ def top_k16(tensor: torch.Tensor, k: int) -> torch.Tensor | None:
     """``tensor * top_k_mask(tensor, k)`` for a 16-bit float tensor (``0 < k < n``); None if it holds inf/NaN."""
     import torch
 
-    keys = tensor.reshape(-1).view(torch.int16) & 0x7FFF
-    counts = count15(keys)
+    bits = tensor.reshape(-1).view(torch.int16)
+    keys = None if takes_kernels(bits) else bits & 0x7FFF  # the compiled kernels mask the sign themselves
+    counts = count15(bits if keys is None else keys)
     if not finite16(counts, tensor.dtype):
         return None
     threshold, above = _pick(counts, k)
     return masked16(tensor, threshold, k - above, keys)[0]
+
+
+def _selection16(bits: torch.Tensor, counts: torch.Tensor, k: int) -> tuple[int, int]:
+    """The ``(threshold, cut)`` of the ``k`` largest magnitudes of ``bits`` (counted in ``counts``), for :func:`band16`."""
+    if k <= 0:
+        return NOTHING16
+    if k >= bits.numel():
+        return -1, 0  # every magnitude is above -1
+    threshold, above = _pick(counts, k)
+    return threshold, cut16(bits, threshold, k - above)[0]
+
+
+def band_k16(tensor: torch.Tensor, upper_k: int, lower_k: int) -> torch.Tensor | None:
+    """``tensor * (top_k_mask(tensor, upper_k) & ~top_k_mask(tensor, lower_k))`` for a 16-bit float tensor.
+
+    Breadcrumbs' band from one histogram and one compiled pass; None where the kernels do not
+    apply (small, strided or non-CPU tensors, inf/NaN): the caller builds the two masks instead.
+    """
+    import torch
+
+    bits = tensor.reshape(-1).view(torch.int16)
+    if not takes_kernels(bits):
+        return None
+    counts = count15(bits)
+    if not finite16(counts, tensor.dtype):
+        return None
+    band = band16(bits, _selection16(bits, counts, upper_k), _selection16(bits, counts, lower_k))
+    return band.view(tensor.dtype).view(tensor.shape)

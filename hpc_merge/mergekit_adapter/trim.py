@@ -34,7 +34,7 @@ import contextvars
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hpc_merge.errors import ConfigError
-from hpc_merge.mergekit_adapter.topk import magnitude_mask, top_k16, top_k_mask
+from hpc_merge.mergekit_adapter.topk import band_k16, magnitude_mask, top_k16, top_k_mask
 from hpc_merge.mergekit_adapter.variance import population_var
 
 if TYPE_CHECKING:  # torch is imported lazily: validating options must not pay for it
@@ -92,6 +92,9 @@ def exact_outliers(tensor: torch.Tensor, density: float, rescale_norm: Any = Non
         return torch.zeros_like(tensor)
     target = int(density * n)
     bottom = max(0, n - target - int(gamma * n))
+    if rescale_norm is None and tensor.dtype in (torch.bfloat16, torch.float16):
+        if (out := band_k16(tensor, n - bottom, n - bottom - target)) is not None:  # one histogram, one pass
+            return out
     keep = top_k_mask(tensor, n - bottom)
     keep &= ~top_k_mask(tensor, n - bottom - target)
     return rescaled_masked_tensor(tensor, keep.to(tensor.dtype), rescale_norm)

@@ -84,6 +84,43 @@ def test_streamed_breadcrumbs_keep_the_whole_tensor_band(dtype: torch.dtype, row
         assert torch.equal(torch.cat(parts), want), (dtype, rows, density, gamma)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [7, 100, 400])
+def test_streamed_trims_through_the_kernels_keep_the_whole_tensor_selection(dtype: torch.dtype, rows: int) -> None:
+    """Chunks large enough for the compiled trim (100 or 400 rows of 1000; 7 rows go through torch): TIES' top-k
+    and breadcrumbs' band of real-looking task vectors (a few ulps: runs of equal magnitudes at every threshold)
+    equal ``x * mask`` of the whole tensor's masks, bit for bit."""
+    from hpc_merge.mergekit_adapter.topk import top_k_mask
+    from hpc_merge.mergekit_adapter.trim import exact_outliers
+
+    g = torch.Generator().manual_seed(rows)
+    base = (torch.randn(2, 400, 1000, generator=g) * 0.02).to(dtype)
+    vectors = list((base.float() + torch.randn(base.shape, generator=g) * 0.0002).to(dtype) - base)
+    n, bounds = 400 * 1000, [(a, min(a + rows, 400)) for a in range(0, 400, rows)]
+    for trim in ("ties", "breadcrumbs"):
+        state = StreamingTrim(n_vectors=2, numel=n)
+        call = (lambda x: exact_magnitude(x, 0.37)) if trim == "ties" else (lambda x: exact_outliers(x, 0.9, gamma=0.05))
+        with magnitude_trim("fast"), streaming(state):
+            while state.needs_pass():
+                for a, b in bounds:
+                    with pytest.raises(ChunkRecorded):
+                        for v in vectors:
+                            call(v[a:b])
+                state.end_pass()
+            parts: list[list[torch.Tensor]] = [[] for _ in vectors]
+            for a, b in bounds:  # chunk by chunk, the vectors in input order (as the merge calls the trim)
+                for i, v in enumerate(vectors):
+                    parts[i].append(call(v[a:b]))
+        for v, out in zip(vectors, map(torch.cat, parts), strict=True):
+            if trim == "ties":
+                keep = top_k_mask(v, int(0.37 * n))
+            else:
+                target = int(0.9 * n)
+                bottom = max(0, n - target - int(0.05 * n))
+                keep = top_k_mask(v, n - bottom) & ~top_k_mask(v, n - bottom - target)
+            assert torch.equal(out.view(torch.int16), (v * keep.to(dtype)).view(torch.int16)), (trim, rows)
+
+
 def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
     models = [{"model": str(pool[m]), "parameters": {"weight": w, "density": d}}
               for m, w, d in (("math", 0.6, 0.35), ("coder", 0.5, 0.6), ("science", 0.4, 0.5))]

@@ -142,6 +142,50 @@ def test_compiled_count_equals_bincount(n: int) -> None:
         assert torch.equal(count15(keys[::2]), torch.bincount(keys[::2], minlength=1 << 15))
 
 
+def _few_ulps(n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """A real-looking 16-bit task vector: a few ulps of a base, so thousands of elements share each magnitude."""
+    g = torch.Generator().manual_seed(seed)
+    base = (torch.randn(n, generator=g) * 0.02).to(dtype)
+    return (base.float() + torch.randn(n, generator=g) * 0.0002).to(dtype) - base
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n", [(1 << 16) + 3, 1_000_003])
+def test_compiled_selections_equal_the_masks(dtype: torch.dtype, n: int) -> None:
+    """The compiled trim (tie cut + one select pass) gives ``x * mask`` bit for bit, signed zeros and ties included:
+    TIES' top-k and breadcrumbs' band, for k on ties, k = 1, n - 1, and empty or full bands."""
+    from hpc_merge.mergekit_adapter.topk import (
+        band_k16,
+        count15,
+        cut16,
+        takes_kernels,
+        tie_cut,
+        top_k16,
+        top_k_mask,
+    )
+
+    x = _few_ulps(n, dtype, n)
+    bits = x.view(torch.int16)
+    assert takes_kernels(bits) and bool((bits < 0).any())  # raw bits with sign: the kernels must ignore it
+    assert torch.equal(count15(bits), torch.bincount(bits & 0x7FFF, minlength=1 << 15))
+    mags = (bits & 0x7FFF).sort(descending=True).values
+    on_tie = int((mags == mags[n // 2]).nonzero()[0]) + 3  # a k that cuts through a run of equal magnitudes
+    assert mags[on_tie - 1] == mags[on_tie]
+
+    def expect(keep: torch.Tensor) -> torch.Tensor:
+        return (x * keep.to(dtype)).view(torch.int16)
+
+    for k in (1, on_tie, n // 3, n - 1):
+        assert torch.equal(top_k16(x, k).view(torch.int16), expect(top_k_mask(x, k))), k
+    for upper, lower in ((n, 0), (n, on_tie), (on_tie + 100, on_tie), (on_tie, on_tie), (n - 7, 5), (0, 0)):
+        band = band_k16(x, upper, lower)
+        assert torch.equal(band.view(torch.int16), expect(top_k_mask(x, upper) & ~top_k_mask(x, lower))), (upper, lower)
+    threshold = int(mags[on_tie])
+    ties = int((mags == threshold).sum())
+    for need in (1, ties // 2, ties, ties + 9):
+        assert cut16(bits, threshold, need) == tie_cut((bits & 0x7FFF) == threshold, need), need
+
+
 def test_option_validated_as_one_config_error() -> None:
     """A bad ``job.options.sparsify`` is one ConfigError naming the field; good values pass."""
     with pytest.raises(ConfigError) as info:
