@@ -262,6 +262,67 @@ def sce_combine_bf16(base: Any, tvs: Any, w: Any, floor: Any, out: Any) -> None:
         _store_base_plus(base[a:a + m], 0, m, acc, accu, div, divu, out[a:a + m])
 
 
+@numba.njit(parallel=True, cache=True)
+def ram_combine_bf16(base: Any, models: Any, eps: Any, out: Any) -> int:  # pragma: no cover - compiled
+    """``out`` = bf16 bits of mergekit's ``ram_merge`` (Reinforced Agent Merging) of bf16 bit patterns.
+
+    ``models``: the inputs (int16, inputs × elements); ``eps``: the threshold as torch compares a
+    bf16 tensor with it (rounded to bf16, as float32). Per element, as torch does it in bf16: each
+    task vector ``bf16(model - base)``; an input contributes where ``|tv| > eps``; its term is the
+    (masked) task vector where it alone contributes, ``bf16(tv / count)`` where several do, a signed
+    zero elsewhere (``x * 0``, plus ``x * 0 / 1``, rounded); the terms are summed in float32 from +0
+    in input order and rounded; the base is added and the sum rounded. Returns the number of
+    inf/NaN task-vector elements (torch's NaN bits differ from ours: the caller runs mergekit's code).
+    """
+    n, total = models.shape
+    zero = np.float32(0.0)
+    inf = np.float32(np.inf)
+    blocks = (total + BLOCK - 1) // BLOCK
+    bad = np.zeros(blocks, np.int64)
+    for blk in numba.prange(blocks):
+        a = blk * BLOCK
+        m = min(total, a + BLOCK) - a
+        tv = np.empty((n, m), np.float32)
+        tvu = tv.view(np.uint32)
+        b = np.empty(m, np.float32)
+        bu = b.view(np.uint32)
+        _widen(base[a:a + m], 0, m, bu)
+        count = np.zeros(m, np.float32)
+        for i in range(n):
+            row, rowu = tv[i], tvu[i]
+            _widen(models[i, a:a + m], 0, m, rowu)
+            for k in range(m):
+                row[k] = row[k] - b[k]
+            _round(row, rowu, m)
+            for k in range(m):
+                count[k] += np.float32(1.0) if abs(row[k]) > eps else zero
+            for k in range(m):
+                bad[blk] += 0 if abs(row[k]) < inf else 1
+        acc = np.empty(m, np.float32)
+        accu = acc.view(np.uint32)
+        term = np.empty(m, np.float32)
+        termu = term.view(np.uint32)
+        for k in range(m):
+            acc[k] = zero
+        for i in range(n):
+            row = tv[i]
+            for k in range(m):  # the quotient of an overlapping element, rounded
+                x = row[k]
+                xz = x if abs(x) > eps else x * zero
+                term[k] = xz / count[k] if count[k] > np.float32(1.0) else xz * zero
+            _round(term, termu, m)
+            for k in range(m):  # + the unique part (x * 1 or x * 0), rounded
+                x = row[k]
+                xz = x if abs(x) > eps else x * zero
+                term[k] = (xz if count[k] == np.float32(1.0) else xz * zero) + term[k]
+            _round(term, termu, m)
+            for k in range(m):
+                acc[k] = acc[k] + term[k]
+        _round(acc, accu, m)
+        _store_base_plus(base[a:a + m], 0, m, acc, accu, b, bu, out[a:a + m])
+    return int(bad.sum())
+
+
 _MASK32 = np.uint64(0xFFFFFFFF)
 PARTS = 64  # partitions of a DARE/DELLA pass over a tensor (rows of the caller's sums array)
 _EXACT_BLOCK = 4096  # elements summed in float64 at a time by the DARE/DELLA norm kernels (see dare_l1_bf16)
@@ -541,6 +602,7 @@ def warm() -> None:
     var_bf16(bits, out)
     var_f32(np.zeros((2, 4), np.float32), np.zeros(4, np.float32))
     sce_combine_bf16(out.copy(), bits, np.ones(2, np.float32), np.float32(1e-6), out)
+    ram_combine_bf16(out.copy(), bits, np.float32(1e-5), out)
     hist15(out, numba.get_num_threads(), np.zeros(32768, np.int64))
     tie_cut16(out, 0, 1)
     select16(out, 0, 0, 0x7FFF, 0, out.copy())

@@ -23,6 +23,7 @@ from typing import Any
 import mergekit.graph
 import mergekit.io.tasks
 import mergekit.merge
+import mergekit.merge_methods.ram
 import mergekit.merge_methods.sce
 import mergekit.sparsify
 from mergekit.common import ModelReference
@@ -32,7 +33,7 @@ from mergekit.merge_methods.generalized_task_arithmetic import GeneralizedTaskAr
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 from mergekit.plan import MergePlanner
 
-from hpc_merge.mergekit_adapter import fused_combine, fused_sce, random_sparsify
+from hpc_merge.mergekit_adapter import fused_combine, fused_ram, fused_sce, random_sparsify
 from hpc_merge.mergekit_adapter import writer as writer_module
 from hpc_merge.mergekit_adapter.archfix import architecture_info
 from hpc_merge.mergekit_adapter.chunked import chunk_plan
@@ -69,8 +70,8 @@ def mergekit_patches(options: dict[str, Any], mk_options: Any, *, only_tensors: 
     3. ``mergekit.sparsify.magnitude`` / ``magnitude_outliers`` and ``mergekit.merge_methods.sce.sce_mask``:
        the exact-k trim, and
     4. ``mergekit.sparsify.bernoulli`` / ``della_magprune`` + ``ExecuteMergeMethodTask.execute``:
-       counter-based draws, and ``GeneralizedTaskArithmeticMerge.merge_group`` and ``sce_merge``'s
-       implementation: the combine step fused into one bit-identical kernel (bf16 on CPU) — all
+       counter-based draws, and ``GeneralizedTaskArithmeticMerge.merge_group``, ``sce_merge``'s
+       and ``ram_merge``'s implementations: the combine step fused into one bit-identical kernel (bf16 on CPU) — all
        unless ``sparsify: mergekit``.
     5. On disk: ``TensorLoader.get`` (``pread`` inputs), ``mergekit.io.tasks.TensorWriter``
        (streamed shards), ``mergekit.merge.get_architecture_info`` (fixed tables) and
@@ -240,6 +241,8 @@ def fused_combine_step(mode: str = "fast") -> Iterator[None]:
     real = GeneralizedTaskArithmeticMerge.merge_group
     sce = mergekit.merge_methods.sce.sce_merge  # the registered method object; it calls .implementation
     real_sce = sce.implementation
+    ram = mergekit.merge_methods.ram.ram_merge
+    real_ram = ram.implementation
 
     def merge_group(self: GeneralizedTaskArithmeticMerge, group: Any, /, **parameters: Any) -> Any:
         return fused_combine.merge_group(real, self, group, parameters)
@@ -247,8 +250,11 @@ def fused_combine_step(mode: str = "fast") -> Iterator[None]:
     def sce_merge(group: Any, **parameters: Any) -> Any:
         return fused_sce.merge(real_sce, group, **parameters)
 
+    def ram_merge(group: Any, **parameters: Any) -> Any:
+        return fused_ram.merge(real_ram, group, **parameters)
+
     with _replaced(GeneralizedTaskArithmeticMerge, "merge_group", merge_group), \
-            _replaced(sce, "implementation", sce_merge):
+            _replaced(sce, "implementation", sce_merge), _replaced(ram, "implementation", ram_merge):
         yield
 
 

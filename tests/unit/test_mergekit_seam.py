@@ -54,6 +54,8 @@ NAMES = sorted([
     "mergekit.merge.get_architecture_info",  # replaced (fixed architecture tables)
     "mergekit.merge.run_merge",
     "mergekit.merge_methods",
+    "mergekit.merge_methods.ram",
+    "mergekit.merge_methods.ram.ram_merge",  # its implementation replaced (fused combine)
     "mergekit.merge_methods.sce",
     "mergekit.merge_methods.sce.sce_mask",  # replaced (exact top-k by variance)
     "mergekit.merge_methods.sce.sce_merge",  # its implementation replaced (fused combine)
