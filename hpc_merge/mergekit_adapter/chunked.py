@@ -13,7 +13,9 @@ runs the *same* mergekit method task on those rows and writes each chunk's resul
 the tensor's place in the output shard (``StreamingTensorWriter.open_slot``; without a streaming
 writer, into one output tensor), so neither the inputs nor the output are ever whole in memory.
 Row-separable methods compute each output element from the same element (DELLA: the same row)
-of the inputs: ``linear``, ``task_arithmetic``, ``passthrough``, ``nearswap``, ``ram``, ``ties``,
+of the inputs, given whole-tensor statistics a first pass can find exactly: ``linear``,
+``task_arithmetic``, ``passthrough``, ``nearswap``, ``ram``, ``ramplus_tl`` (its per-input counts of
+changed elements: :mod:`~hpc_merge.mergekit_adapter.ram_counts`), ``ties``,
 ``breadcrumbs`` / ``breadcrumbs_ties``, ``dare_ties`` / ``dare_linear`` and ``della`` /
 ``della_linear`` (2-D tensors) — the last seven only with ``job.options.sparsify: fast`` (the
 default). TIES and breadcrumbs (without ``rescale``) keep the top-k (breadcrumbs: a band between
@@ -23,7 +25,7 @@ element's coordinates (:mod:`~hpc_merge.mergekit_adapter.random_sparsify`); with
 the whole task vectors' L1 norms exactly. Results are bit-identical to merging whole tensors (tested).
 
 Not chunked (whole tensors, as mergekit does): methods that need whole-tensor statistics (slerp,
-nuslerp, multislerp, karcher, model_stock, sce, arcee_fusion, ramplus_tl), mergekit's own random
+nuslerp, multislerp, karcher, model_stock, sce, arcee_fusion), mergekit's own random
 stream (``sparsify: mergekit``), tokenizer-aligned vocabularies, inputs that are not
 ``.safetensors`` or not on CPU, tensors whose inputs differ in shape, and float64 TIES/DARE.
 """
@@ -40,16 +42,17 @@ from mergekit.graph import Task
 from mergekit.io.tasks import GatherTensors, LoaderCache, LoadTensor
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 
-from hpc_merge.mergekit_adapter import random_sparsify
+from hpc_merge.mergekit_adapter import ram_counts, random_sparsify
 from hpc_merge.mergekit_adapter import writer as writer_module
 from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, NotStreamable, StreamingTrim, streaming
 from hpc_merge.mergekit_adapter.reader import PreadSafetensors
 from hpc_merge.mergekit_adapter.writer import Slot
 
 ROW_SEPARABLE = ("linear", "task_arithmetic", "ties", "passthrough", "nearswap", "dare_ties", "dare_linear",
-                 "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "ram")
+                 "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "ram", "ramplus_tl")
 STREAMED_TRIM = ("ties", "breadcrumbs", "breadcrumbs_ties")  # whole-tensor thresholds found by a first pass
 RANDOM = ("dare_ties", "dare_linear", "della", "della_linear")  # chunked only with counter-based draws (sparsify: fast)
+COUNTED = ("ramplus_tl",)  # whole-tensor integer counts summed by a first pass (ram_counts; sparsify: fast)
 PER_ROW = ("della", "della_linear")  # rank magnitudes within each row: 2-D tensors only, rows never split
 _FLOAT = {"bfloat16", "float16", "float32", "float64"}
 
@@ -64,6 +67,7 @@ class ChunkedMerge(Task[torch.Tensor | None]):
     streamed_trim: bool
     random_seed: int | None = None  # DARE: the counter-based masks' seed
     rescaled: bool = False  # DARE with rescale: a first pass sums the whole task vectors' norms
+    counted: bool = False  # ramplus_tl: a first pass sums the whole tensor's counts
     out_name: str = ""  # the output tensor's name (its SaveTensor's), for streaming rows to the writer
     out_dtype: str | None = None  # what its SaveTensor casts to (weight.force_dtype or the merge's out_dtype)
 
@@ -100,6 +104,13 @@ class ChunkedMerge(Task[torch.Tensor | None]):
         bounds = [(a, min(a + self.rows_per_chunk, self.shape[0])) for a in range(0, self.shape[0], self.rows_per_chunk)]
         if self.random_seed is not None:
             return self._merge_random(readers, bounds)
+        if self.counted:
+            with ram_counts.counting(ram_counts.Counts()) as counts:
+                for a, b in bounds:  # the whole tensor's counts first
+                    with contextlib.suppress(ChunkRecorded):
+                        self.inner.execute(tensors=self._rows(readers, a, b))
+                counts.recording = False
+                return self._merge_chunks(readers, bounds)
         if not self.streamed_trim:
             return self._merge_chunks(readers, bounds)
         trim = StreamingTrim(n_vectors=self._n_vectors(), numel=int(torch.Size(self.shape).numel()))
@@ -215,6 +226,8 @@ def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers, out_
     seed = random_sparsify.SEED.get()
     if task.method_name in RANDOM and (trim_mode != "fast" or seed is None):
         return None
+    if task.method_name in COUNTED and trim_mode != "fast":
+        return None
     loads = list(task.gather_tensors.arguments().values())
     if {load.model for load in loads} != set(task.model_order):
         return None
@@ -237,7 +250,8 @@ def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers, out_
     random = task.method_name in RANDOM
     return ChunkedMerge(inner=task, sources=tuple(sources), shape=shape, rows_per_chunk=rows_per_chunk,
                         streamed_trim=streamed_trim, random_seed=seed if random else None,
-                        rescaled=random and bool(params.get("rescale", True)), out_name=out_name, out_dtype=out_dtype)
+                        rescaled=random and bool(params.get("rescale", True)), counted=task.method_name in COUNTED,
+                        out_name=out_name, out_dtype=out_dtype)
 
 
 def chunk_plan(chunk_bytes: int, trim_mode: str, names: list[str]) -> Callable[..., list[tuple[Any, Any]]]:

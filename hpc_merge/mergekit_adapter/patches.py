@@ -33,7 +33,7 @@ from mergekit.merge_methods.generalized_task_arithmetic import GeneralizedTaskAr
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 from mergekit.plan import MergePlanner
 
-from hpc_merge.mergekit_adapter import fused_combine, fused_ram, fused_sce, random_sparsify
+from hpc_merge.mergekit_adapter import fused_combine, fused_ram, fused_sce, ram_counts, random_sparsify
 from hpc_merge.mergekit_adapter import writer as writer_module
 from hpc_merge.mergekit_adapter.archfix import architecture_info
 from hpc_merge.mergekit_adapter.chunked import chunk_plan
@@ -71,7 +71,8 @@ def mergekit_patches(options: dict[str, Any], mk_options: Any, *, only_tensors: 
        the exact-k trim, and
     4. ``mergekit.sparsify.bernoulli`` / ``della_magprune`` + ``ExecuteMergeMethodTask.execute``:
        counter-based draws, and ``GeneralizedTaskArithmeticMerge.merge_group``, ``sce_merge``'s
-       and ``ram_merge``'s implementations: the combine step fused into one bit-identical kernel (bf16 on CPU) — all
+       and ``ram_merge``'s implementations: the combine step fused into one bit-identical kernel (bf16 on CPU),
+       and ``ramplus_tl_merge``'s: row chunks with the whole tensor's counts (``ram_counts``) — all
        unless ``sparsify: mergekit``.
     5. On disk: ``TensorLoader.get`` (``pread`` inputs), ``mergekit.io.tasks.TensorWriter``
        (streamed shards), ``mergekit.merge.get_architecture_info`` (fixed tables) and
@@ -243,6 +244,8 @@ def fused_combine_step(mode: str = "fast") -> Iterator[None]:
     real_sce = sce.implementation
     ram = mergekit.merge_methods.ram.ram_merge
     real_ram = ram.implementation
+    ramplus = mergekit.merge_methods.ram.ramplus_tl_merge
+    real_ramplus = ramplus.implementation
 
     def merge_group(self: GeneralizedTaskArithmeticMerge, group: Any, /, **parameters: Any) -> Any:
         return fused_combine.merge_group(real, self, group, parameters)
@@ -253,8 +256,12 @@ def fused_combine_step(mode: str = "fast") -> Iterator[None]:
     def ram_merge(group: Any, **parameters: Any) -> Any:
         return fused_ram.merge(real_ram, group, **parameters)
 
+    def ramplus_merge(group: Any, **parameters: Any) -> Any:  # row chunks: the whole tensor's counts
+        return ram_counts.merge(real_ramplus, group, **parameters)
+
     with _replaced(GeneralizedTaskArithmeticMerge, "merge_group", merge_group), \
-            _replaced(sce, "implementation", sce_merge), _replaced(ram, "implementation", ram_merge):
+            _replaced(sce, "implementation", sce_merge), _replaced(ram, "implementation", ram_merge), \
+            _replaced(ramplus, "implementation", ramplus_merge):
         yield
 
 

@@ -121,6 +121,38 @@ def test_streamed_trims_through_the_kernels_keep_the_whole_tensor_selection(dtyp
             assert torch.equal(out.view(torch.int16), (v * keep.to(dtype)).view(torch.int16)), (trim, rows)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 7, 60])
+def test_ramplus_in_row_chunks_equals_the_whole_tensor(dtype: torch.dtype, rows: int) -> None:
+    """ramplus_tl's whole-tensor counts summed over row chunks, then its arithmetic per chunk: mergekit's
+    result on the whole tensor bit for bit, with counts where the ratio lies inside (0, alpha) and at its clamps."""
+    from mergekit.merge_methods.base import TensorEntry, TensorGroup
+    from mergekit.merge_methods.ram import ramplus_tl_merge
+
+    from hpc_merge.mergekit_adapter import ram_counts
+
+    real = ramplus_tl_merge.implementation
+    g = torch.Generator().manual_seed(rows)
+    base = (torch.randn(60, 37, generator=g) * 0.02).to(dtype)
+    for changed, alpha in (((0.3, 0.05, 0.05), 0.5), ((0.9, 0.9, 0.9), 0.2), ((0.05, 0.0, 0.5), 0.9)):
+        models = [(base.float() + torch.randn(base.shape, generator=g) * 1e-3
+                   * (torch.rand(base.shape, generator=g) < p)).to(dtype) for p in changed]
+        entries = [TensorEntry("base", base, is_base=True)] + [TensorEntry(f"m{i}", m) for i, m in enumerate(models)]
+        want = real(TensorGroup(entries), r=0.3, alpha=alpha, epsilon=1e-5)
+        bounds = [(a, min(a + rows, 60)) for a in range(0, 60, rows)]
+
+        def chunk(a: int, b: int, entries: list[TensorEntry] = entries) -> TensorGroup:
+            return TensorGroup([TensorEntry(e.id, e.tensor[a:b], is_base=e.is_base) for e in entries])
+
+        with ram_counts.counting(ram_counts.Counts()) as counts:
+            for a, b in bounds:
+                with pytest.raises(ChunkRecorded):
+                    ram_counts.merge(real, chunk(a, b), r=0.3, alpha=alpha, epsilon=1e-5)
+            counts.recording = False
+            got = torch.cat([ram_counts.merge(real, chunk(a, b), r=0.3, alpha=alpha, epsilon=1e-5) for a, b in bounds])
+        assert got.dtype == want.dtype and torch.equal(got, want), (changed, alpha)
+
+
 def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
     models = [{"model": str(pool[m]), "parameters": {"weight": w, "density": d}}
               for m, w, d in (("math", 0.6, 0.35), ("coder", 0.5, 0.6), ("science", 0.4, 0.5))]
@@ -133,7 +165,7 @@ def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
                 "parameters": {"t": 0.001}, "models": [{"model": str(pool["math"])}]}
     if method == "task_arithmetic":
         models = [{"model": m["model"], "parameters": {"weight": m["parameters"]["weight"]}} for m in models]
-    if method == "ram":  # per-element masks and overlap counts: no weights or densities
+    if method in ("ram", "ramplus_tl"):  # per-element masks and overlap counts: no weights or densities
         models = [{"model": m["model"]} for m in models]
     return {"merge_method": method, "base_model": str(pool["base"]), "dtype": dtype, "models": models}
 
@@ -142,6 +174,7 @@ def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
                                           ("ties", "bfloat16"), ("ties", "float32"), ("nearswap", "float32"),
                                           ("breadcrumbs", "bfloat16"), ("breadcrumbs_ties", "bfloat16"),
                                           ("breadcrumbs", "float32"), ("ram", "bfloat16"),
+                                          ("ramplus_tl", "bfloat16"), ("ramplus_tl", "float32"),
                                           ("linear", "float32+out_bfloat16")])
 def test_chunked_merge_is_bit_identical_to_whole_tensors(tiny_pool, tmp_path: Path, method: str, dtype: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:

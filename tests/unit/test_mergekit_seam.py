@@ -55,7 +55,9 @@ NAMES = sorted([
     "mergekit.merge.run_merge",
     "mergekit.merge_methods",
     "mergekit.merge_methods.ram",
+    "mergekit.merge_methods.ram._prepare_ram_vectors",  # called by ram_counts (the elements ramplus_tl counts)
     "mergekit.merge_methods.ram.ram_merge",  # its implementation replaced (fused combine)
+    "mergekit.merge_methods.ram.ramplus_tl_merge",  # its implementation replaced (row chunks, whole-tensor counts)
     "mergekit.merge_methods.sce",
     "mergekit.merge_methods.sce.sce_mask",  # replaced (exact top-k by variance)
     "mergekit.merge_methods.sce.sce_merge",  # its implementation replaced (fused combine)
