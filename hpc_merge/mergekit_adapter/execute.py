@@ -28,10 +28,14 @@ def run_mergekit(config: dict[str, Any], out_dir: Path, options: dict[str, Any],
     # mergekit and torch are imported here, not at the top: validating a config must not pay for them
     from mergekit.merge import run_merge
 
+    from hpc_merge.mergekit_adapter.allocator import keep_freed_memory
+    from hpc_merge.mergekit_adapter.chunked import ROW_SEPARABLE
     from hpc_merge.mergekit_adapter.patches import mergekit_patches
 
     merge_config = validate_with_mergekit(config)
     mk_options = merge_options(options)
+    if config.get("merge_method") in ROW_SEPARABLE:  # row chunks: their temporaries reuse the heap
+        keep_freed_memory()
     try:
         with mergekit_patches(options, mk_options, only_tensors=only_tensors, progress=progress):
             run_merge(merge_config, str(out_dir), options=mk_options)
