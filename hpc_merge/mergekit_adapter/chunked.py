@@ -22,10 +22,13 @@ default). TIES and breadcrumbs (without ``rescale``) keep the top-k (breadcrumbs
 two top-k) of the whole tensor: :mod:`~hpc_merge.mergekit_adapter.chunk_trim` streams the chunks
 to find those thresholds first. DARE's and DELLA's draws are a function of each
 element's coordinates (:mod:`~hpc_merge.mergekit_adapter.random_sparsify`); with ``rescale`` a first pass sums
-the whole task vectors' L1 norms exactly. Results are bit-identical to merging whole tensors (tested).
+the whole task vectors' L1 norms exactly. ``slerp`` is streamed in flat pieces instead of rows
+(:mod:`~hpc_merge.mergekit_adapter.streamed_slerp`: mergekit's own piecewise norms and dot product,
+in three passes). Results are bit-identical to merging whole tensors (tested).
 
-Not chunked (whole tensors, as mergekit does): methods that need whole-tensor statistics (slerp,
-nuslerp, multislerp, karcher, model_stock, sce, arcee_fusion), mergekit's own random
+Not chunked (whole tensors, as mergekit does): methods whose whole-tensor statistics are float
+reductions in torch's own order (nuslerp, multislerp, karcher, model_stock, sce, arcee_fusion),
+mergekit's own random
 stream (``sparsify: mergekit``), tokenizer-aligned vocabularies, inputs that are not
 ``.safetensors`` or not on CPU, tensors whose inputs differ in shape, and float64 TIES/DARE.
 """
@@ -42,7 +45,7 @@ from mergekit.graph import Task
 from mergekit.io.tasks import GatherTensors, LoaderCache, LoadTensor
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 
-from hpc_merge.mergekit_adapter import ram_counts, random_sparsify
+from hpc_merge.mergekit_adapter import ram_counts, random_sparsify, streamed_slerp
 from hpc_merge.mergekit_adapter import writer as writer_module
 from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, NotStreamable, StreamingTrim, streaming
 from hpc_merge.mergekit_adapter.reader import PreadSafetensors
@@ -54,6 +57,7 @@ STREAMED_TRIM = ("ties", "breadcrumbs", "breadcrumbs_ties")  # whole-tensor thre
 RANDOM = ("dare_ties", "dare_linear", "della", "della_linear")  # chunked only with counter-based draws (sparsify: fast)
 COUNTED = ("ramplus_tl",)  # whole-tensor integer counts summed by a first pass (ram_counts; sparsify: fast)
 PER_ROW = ("della", "della_linear")  # rank magnitudes within each row: 2-D tensors only, rows never split
+STREAMED_SLERP = ("slerp",)  # whole-tensor norms and dot, reduced per flat piece by mergekit itself
 _FLOAT = {"bfloat16", "float16", "float32", "float64"}
 
 
@@ -70,6 +74,7 @@ class ChunkedMerge(Task[torch.Tensor | None]):
     counted: bool = False  # ramplus_tl: a first pass sums the whole tensor's counts
     out_name: str = ""  # the output tensor's name (its SaveTensor's), for streaming rows to the writer
     out_dtype: str | None = None  # what its SaveTensor casts to (weight.force_dtype or the merge's out_dtype)
+    slerp: bool = False  # streamed_slerp's three passes over flat pieces instead of row chunks
 
     def arguments(self) -> dict[str, Task]:
         return {}  # no LoadTensor dependencies: the whole inputs are never loaded
@@ -101,6 +106,8 @@ class ChunkedMerge(Task[torch.Tensor | None]):
         return out
 
     def _merge(self, readers: dict[str, PreadSafetensors]) -> torch.Tensor | None:
+        if self.slerp:
+            return self._merge_slerp(readers)
         bounds = [(a, min(a + self.rows_per_chunk, self.shape[0])) for a in range(0, self.shape[0], self.rows_per_chunk)]
         if self.random_seed is not None:
             return self._merge_random(readers, bounds)
@@ -143,43 +150,78 @@ class ChunkedMerge(Task[torch.Tensor | None]):
 
     def _merge_chunks(self, readers: dict[str, PreadSafetensors], bounds: list[tuple[int, int]],
                       around: Any = None) -> torch.Tensor | None:
-        """The planned task on each row chunk (``around(a)``: a context per chunk).
-
-        Where the merge writes through a streaming writer, each chunk goes straight to the
-        tensor's place in the shard (cast as its SaveTensor would) and an empty placeholder is
-        returned; otherwise the chunks are copied into one output tensor.
-        """
-        box = writer_module.CURRENT.get(None)
-        writer = box[0] if box and self.out_name else None
-        out: torch.Tensor | None = None
-        slot: Slot | None = None
+        """The planned task on each row chunk (``around(a)``: a context per chunk), into a :class:`_Sink`."""
+        sink = _Sink(self)
+        row = int(torch.Size(self.shape[1:]).numel())
         try:
             for a, b in bounds:
                 with around(a) if around is not None else contextlib.nullcontext():
                     part = self.inner.execute(tensors=self._rows(readers, a, b))
                 if part is None:
-                    if slot is not None:
+                    if sink.started():
                         raise RuntimeError(f"internal: {self.out_name}: a row chunk merged to None")
                     return None
-                if writer is not None:
-                    if self.out_dtype:
-                        part = part.to(dtype=dtype_from_name(self.out_dtype))
-                    if slot is None:
-                        slot = writer.open_slot(self.out_name, list(self.shape), part.dtype)
-                    slot.write(a, part)
-                else:
-                    if out is None:
-                        out = torch.empty(self.shape, dtype=part.dtype)
-                    out[a:b] = part
+                sink.put(a * row, part)
                 del part
         except NotStreamable as exc:  # too late to merge it whole: rows of it are written
-            if slot is not None:
+            if sink.started():
                 raise RuntimeError(f"internal: {self.out_name}: {exc}") from exc
             raise
-        if slot is not None:
-            slot.close()
-            return torch.empty(0, dtype=dtype_from_name(self.out_dtype) if self.out_dtype else None)
-        return out
+        return sink.finish()
+
+    def _merge_slerp(self, readers: dict[str, PreadSafetensors]) -> torch.Tensor | None:
+        """slerp by :mod:`streamed_slerp`: base and other read as flat pieces, about ``chunk_size`` bytes per input."""
+        base = next(s for s in self.sources if s[0] == self.inner.base_model)
+        other = next(s for s in self.sources if s[0] != self.inner.base_model)
+        loaded = [dtype_from_name(s[3]) if s[3] else getattr(torch, readers[s[1]].shape_dtype(s[2])[1])
+                  for s in (base, other)]
+        dtype = dtype_from_name(self.inner.dtype) if self.inner.dtype else torch.promote_types(*loaded)
+        out_dtype = dtype_from_name(self.inner.out_dtype) if self.inner.out_dtype else None
+
+        def read(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return tuple(readers[s[1]].get_flat(s[2], start, stop).to(dtype=d).to(dtype=dtype)  # type: ignore[return-value]
+                         for s, d in ((base, loaded[0]), (other, loaded[1])))
+
+        sink = _Sink(self)
+        numel = int(torch.Size(self.shape).numel())
+        streamed_slerp.merge(read, numel, float(self.inner.parameters["t"]), dtype,
+                             lambda start, part: sink.put(start, part if out_dtype is None else part.to(out_dtype)),
+                             span_elements=max(1, self.rows_per_chunk * numel // self.shape[0]))
+        return sink.finish()
+
+
+class _Sink:
+    """Where a chunked tensor's parts go: straight to its place in the shard through the streaming
+    writer (cast as its SaveTensor would; an empty placeholder is returned), or else one output tensor."""
+
+    def __init__(self, task: ChunkedMerge) -> None:
+        box = writer_module.CURRENT.get(None)
+        self.task = task
+        self.writer = box[0] if box and task.out_name else None
+        self.slot: Slot | None = None
+        self.out: torch.Tensor | None = None
+
+    def started(self) -> bool:
+        return self.slot is not None
+
+    def put(self, start: int, part: torch.Tensor) -> None:
+        """``part`` (a row chunk or a flat piece) at flat element ``start`` of the tensor."""
+        if self.writer is not None:
+            if self.task.out_dtype:
+                part = part.to(dtype=dtype_from_name(self.task.out_dtype))
+            if self.slot is None:
+                self.slot = self.writer.open_slot(self.task.out_name, list(self.task.shape), part.dtype)
+            self.slot.write_elements(start, part)
+            return
+        if self.out is None:
+            self.out = torch.empty(self.task.shape, dtype=part.dtype)
+        self.out.view(-1)[start:start + part.numel()] = part.reshape(-1)
+
+    def finish(self) -> torch.Tensor | None:
+        if self.slot is None:
+            return self.out
+        self.slot.close()
+        return torch.empty(0, dtype=dtype_from_name(self.task.out_dtype) if self.task.out_dtype else None)
 
 
 def _source(load: LoadTensor) -> tuple[str, str] | None:
@@ -217,8 +259,10 @@ def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers, out_
     """The chunked version of a planned merge task, or None when it must stay whole (see module doc)."""
     if not isinstance(task, ExecuteMergeMethodTask) or type(task.gather_tensors) is not GatherTensors:
         return None
-    if task.method_name not in ROW_SEPARABLE or task.gather_tensors.device not in (None, "cpu"):
+    if task.method_name not in ROW_SEPARABLE + STREAMED_SLERP or task.gather_tensors.device not in (None, "cpu"):
         return None
+    if task.method_name in STREAMED_SLERP and (task.base_model not in task.model_order or len(task.model_order) != 2):
+        return None  # mergekit's own error (or its path) for malformed slerp inputs
     params = dict(task.parameters.items())
     streamed_trim = task.method_name in STREAMED_TRIM
     if streamed_trim and (trim_mode != "fast" or params.get("rescale")):
@@ -251,7 +295,7 @@ def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers, out_
     return ChunkedMerge(inner=task, sources=tuple(sources), shape=shape, rows_per_chunk=rows_per_chunk,
                         streamed_trim=streamed_trim, random_seed=seed if random else None,
                         rescaled=random and bool(params.get("rescale", True)), counted=task.method_name in COUNTED,
-                        out_name=out_name, out_dtype=out_dtype)
+                        out_name=out_name, out_dtype=out_dtype, slerp=task.method_name in STREAMED_SLERP)
 
 
 def chunk_plan(chunk_bytes: int, trim_mode: str, names: list[str]) -> Callable[..., list[tuple[Any, Any]]]:

@@ -70,6 +70,14 @@ class PreadSafetensors:
         return self._read(key, begin + start * row_bytes, (stop - start) * row_bytes).reshape(
             [stop - start, *shape[1:]])
 
+    def get_flat(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Flat elements ``start:stop`` of the tensor ``key`` as a 1-D tensor (one byte range)."""
+        info = self.header[key]
+        begin, end = info["data_offsets"]
+        size = (end - begin) // max(1, _numel(info["shape"]))
+        start, stop = max(0, start), min(stop, _numel(info["shape"]))
+        return self._read(key, begin + start * size, max(0, stop - start) * size)
+
     def shape_dtype(self, key: str) -> tuple[list[int], str] | None:
         """``(shape, torch dtype name)`` of ``key`` from the header (nothing read); None if absent or unreadable here."""
         info = self.header.get(key)
@@ -99,3 +107,10 @@ class PreadSafetensors:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

@@ -224,12 +224,19 @@ class Slot:
 
     def write(self, row: int, part: torch.Tensor) -> None:
         """Rows ``row ..`` of the tensor (``part``: whole rows, the slot's dtype)."""
+        self._write_at(row * self.row_bytes, part)
+
+    def write_elements(self, start: int, part: torch.Tensor) -> None:
+        """Flat elements ``start ..`` of the tensor (``part``: the slot's dtype, any shape)."""
+        self._write_at(start * part.element_size(), part)
+
+    def _write_at(self, at: int, part: torch.Tensor) -> None:
         part = part.detach().to("cpu").contiguous()
         size = part.numel() * part.element_size()
-        if row * self.row_bytes + size > self.nbytes:
-            raise RuntimeError("internal: a row chunk runs past its tensor's slot")
+        if at + size > self.nbytes:
+            raise RuntimeError("internal: a chunk runs past its tensor's slot")
         if size:
-            self.writer._writes.submit(self.fd, self.offset + row * self.row_bytes, part)
+            self.writer._writes.submit(self.fd, self.offset + at, part)
         self.written += size
 
     def close(self) -> None:

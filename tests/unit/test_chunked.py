@@ -163,6 +163,9 @@ def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
     if method == "nearswap":
         return {"merge_method": "nearswap", "base_model": str(pool["base"]), "dtype": dtype,
                 "parameters": {"t": 0.001}, "models": [{"model": str(pool["math"])}]}
+    if method == "slerp":  # a gradient: each layer its own t, resolved by mergekit's planner
+        return {"merge_method": "slerp", "base_model": str(pool["base"]), "dtype": dtype,
+                "parameters": {"t": [0.1, 0.5, 0.9]}, "models": [{"model": str(pool["base"])}, {"model": str(pool["math"])}]}
     if method == "task_arithmetic":
         models = [{"model": m["model"], "parameters": {"weight": m["parameters"]["weight"]}} for m in models]
     if method in ("ram", "ramplus_tl"):  # per-element masks and overlap counts: no weights or densities
@@ -175,7 +178,8 @@ def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
                                           ("breadcrumbs", "bfloat16"), ("breadcrumbs_ties", "bfloat16"),
                                           ("breadcrumbs", "float32"), ("ram", "bfloat16"),
                                           ("ramplus_tl", "bfloat16"), ("ramplus_tl", "float32"),
-                                          ("linear", "float32+out_bfloat16")])
+                                          ("linear", "float32+out_bfloat16"), ("slerp", "bfloat16"),
+                                          ("slerp", "float32"), ("slerp", "bfloat16+out_float32")])
 def test_chunked_merge_is_bit_identical_to_whole_tensors(tiny_pool, tmp_path: Path, method: str, dtype: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A 1 KB chunk size splits every matrix into many row chunks, each written straight into its
@@ -195,6 +199,10 @@ def test_chunked_merge_is_bit_identical_to_whole_tensors(tiny_pool, tmp_path: Pa
 
     monkeypatch.setattr(chunked.ChunkedMerge, "execute", counting)
     monkeypatch.setattr(StreamingTensorWriter, "open_slot", slot)
+    if method == "slerp":  # mergekit's pieces (and so the streamed ones) of 100 elements: many per tensor
+        import mergekit.merge_methods.slerp as mk_slerp
+
+        monkeypatch.setattr(mk_slerp, "_CHUNK_ELEMENTS", 100)
     dtype, _, out_dtype = dtype.partition("+out_")
     recipe = _tiny_recipe(tiny_pool, method, dtype)
     if out_dtype:
@@ -212,12 +220,13 @@ def test_chunked_merge_is_bit_identical_to_whole_tensors(tiny_pool, tmp_path: Pa
 
 def test_methods_needing_the_whole_tensor_are_not_chunked(tiny_pool, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """slerp (norms of the whole tensor) and TIES with mergekit's own trim keep whole-tensor merges."""
+    """multislerp (torch's own reduction order over the whole tensor) and TIES with mergekit's own trim
+    keep whole-tensor merges."""
     calls: list[str] = []
     monkeypatch.setattr(chunked.ChunkedMerge, "execute", lambda self, **kw: calls.append("x"))
-    slerp = {"merge_method": "slerp", "base_model": str(tiny_pool["base"]), "dtype": "bfloat16",
-             "parameters": {"t": 0.3}, "models": [{"model": str(tiny_pool["base"])}, {"model": str(tiny_pool["math"])}]}
-    mk.run_mergekit(slerp, tmp_path / "slerp", {"device": "cpu", "chunk_size": "1K"})
+    multi = {"merge_method": "multislerp", "base_model": str(tiny_pool["base"]), "dtype": "bfloat16",
+             "models": [{"model": str(tiny_pool[m]), "parameters": {"weight": 0.5}} for m in ("math", "coder")]}
+    mk.run_mergekit(multi, tmp_path / "multislerp", {"device": "cpu", "chunk_size": "1K"})
     ties = _tiny_recipe(tiny_pool, "ties", "bfloat16")
     mk.run_mergekit(ties, tmp_path / "ties", {"device": "cpu", "chunk_size": "1K", "sparsify": "mergekit"})
     assert calls == []

@@ -62,6 +62,8 @@ NAMES = sorted([
     "mergekit.merge_methods.sce.sce_mask",  # replaced (exact top-k by variance)
     "mergekit.merge_methods.sce.sce_merge",  # its implementation replaced (fused combine)
     "mergekit.merge_methods.sce.sce_weight",  # called by the fused combine (whole-tensor weights)
+    "mergekit.merge_methods.slerp",
+    "mergekit.merge_methods.slerp._CHUNK_ELEMENTS",  # streamed_slerp reduces over mergekit's own pieces (tested equal)
     "mergekit.merge_methods.generalized_task_arithmetic.GeneralizedTaskArithmeticMerge",
     "mergekit.merge_methods.generalized_task_arithmetic.GeneralizedTaskArithmeticMerge.merge_group",  # replaced (fused combine)
     "mergekit.merge_methods.task_adapter.ExecuteMergeMethodTask",
