@@ -44,12 +44,18 @@ def _compile() -> Any:
     return _kernel
 
 
-def supported(base: torch.Tensor, tensors: list[torch.Tensor], consensus: str | None) -> bool:
-    """Whether :func:`combine` reproduces mergekit for these inputs (bf16, CPU, a known consensus)."""
+def bf16_alike(base: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
+    """Whether the bf16 kernels (this combine, fused_sce's, fused_ram's) take these inputs: bf16 on
+    CPU, every input the base's shape."""
     import torch
 
-    return (consensus in _CONSENSUS and base.dtype == torch.bfloat16 and base.device.type == "cpu"
+    return (base.dtype == torch.bfloat16 and base.device.type == "cpu"
             and all(t.dtype == torch.bfloat16 and t.shape == base.shape for t in tensors))
+
+
+def supported(base: torch.Tensor, tensors: list[torch.Tensor], consensus: str | None) -> bool:
+    """Whether :func:`combine` reproduces mergekit for these inputs (:func:`bf16_alike`, a known consensus)."""
+    return consensus in _CONSENSUS and bf16_alike(base, tensors)
 
 
 def combine(base: torch.Tensor, deltas: torch.Tensor, weights: list[float], consensus: str | None,

@@ -21,11 +21,7 @@ from typing import Any
 
 import torch
 
-
-def supported(base: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
-    """Whether the kernel reproduces mergekit for these inputs (bf16, CPU, same shapes)."""
-    return (base.dtype == torch.bfloat16 and base.device.type == "cpu"
-            and all(t.dtype == torch.bfloat16 and t.shape == base.shape for t in tensors))
+from hpc_merge.mergekit_adapter.fused_combine import bf16_alike
 
 
 def merge(real: Callable[..., torch.Tensor], group: Any, epsilon: float = 1e-5) -> torch.Tensor:
@@ -36,7 +32,7 @@ def merge(real: Callable[..., torch.Tensor], group: Any, epsilon: float = 1e-5) 
 
     tensors = [entry.tensor for entry in group.non_base]
     base = group.base.tensor
-    if not tensors or not supported(base, tensors):
+    if not tensors or not bf16_alike(base, tensors):
         return real(group, epsilon=epsilon)
     eps = np.float32(torch.tensor(epsilon, dtype=torch.bfloat16).float().item())  # torch compares in bf16
     models = torch.stack([t.contiguous().view(torch.int16).reshape(-1) for t in tensors])

@@ -20,11 +20,7 @@ from typing import Any
 
 import torch
 
-
-def supported(base: torch.Tensor, tensors: list[torch.Tensor]) -> bool:
-    """Whether the kernel reproduces mergekit for these inputs (bf16, CPU, same shapes)."""
-    return (base.dtype == torch.bfloat16 and base.device.type == "cpu"
-            and all(t.dtype == torch.bfloat16 and t.shape == base.shape for t in tensors))
+from hpc_merge.mergekit_adapter.fused_combine import bf16_alike
 
 
 def merge(real: Callable[..., torch.Tensor], group: Any, int8_mask: bool = False,
@@ -37,7 +33,7 @@ def merge(real: Callable[..., torch.Tensor], group: Any, int8_mask: bool = False
 
     tensors = [entry.tensor for entry in group.non_base]
     base = group.base.tensor
-    if not tensors or not supported(base, tensors):
+    if not tensors or not bf16_alike(base, tensors):
         return real(group, int8_mask=int8_mask, select_topk=select_topk)
     mask_dtype = torch.int8 if int8_mask else base.dtype
     tvs = torch.stack([t - base for t in tensors], dim=0)

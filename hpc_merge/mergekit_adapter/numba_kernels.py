@@ -36,21 +36,21 @@ def _round(f: Any, u: Any, m: int) -> None:
 
 
 @numba.njit(cache=True, inline="always")
-def _widen(bits: Any, a: int, m: int, u: Any) -> None:
-    """``u[:m]`` = the float32 bit patterns of the bf16 bits ``bits[a:a + m]`` (exact)."""
+def _widen(bits: Any, m: int, u: Any) -> None:
+    """``u[:m]`` = the float32 bit patterns of the bf16 bits ``bits[:m]`` (exact)."""
     for k in range(m):
-        u[k] = np.uint32(np.uint16(bits[a + k])) << np.uint32(16)
+        u[k] = np.uint32(np.uint16(bits[k])) << np.uint32(16)
 
 
 @numba.njit(cache=True, inline="always")
-def _store_base_plus(base: Any, a: int, m: int, acc: Any, accu: Any, tmp: Any, tmpu: Any, out: Any) -> None:
-    """``out[a:a + m]`` = bf16 bits of base + ``acc`` (rounded once, as torch's ``base + delta``); uses ``tmp``."""
-    _widen(base, a, m, tmpu)
+def _store_base_plus(base: Any, m: int, acc: Any, accu: Any, tmp: Any, tmpu: Any, out: Any) -> None:
+    """``out[:m]`` = bf16 bits of ``base[:m]`` + ``acc`` (rounded once, as torch's ``base + delta``); uses ``tmp``."""
+    _widen(base, m, tmpu)
     for k in range(m):
         acc[k] = tmp[k] + acc[k]
     _round(acc, accu, m)
     for k in range(m):
-        out[a + k] = np.int16(np.uint16(accu[k] >> np.uint32(16)))
+        out[k] = np.int16(np.uint16(accu[k] >> np.uint32(16)))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -72,7 +72,7 @@ def combine_bf16(base: Any, deltas: Any, w: Any, consensus: int, normalize: bool
         divu = div.view(np.uint32)
         for i in range(n):  # weighted task vectors: bf16(delta * w)
             wi = w[i]
-            _widen(deltas[i, a:a + m], 0, m, dwu[i])
+            _widen(deltas[i, a:a + m], m, dwu[i])
             for k in range(m):
                 dw[i, k] = dw[i, k] * wi
             _round(dw[i], dwu[i], m)
@@ -122,7 +122,7 @@ def combine_bf16(base: Any, deltas: Any, w: Any, consensus: int, normalize: bool
             for k in range(m):
                 acc[k] = acc[k] * lam
             _round(acc, accu, m)
-        _store_base_plus(base[a:a + m], 0, m, acc, accu, div, divu, out[a:a + m])
+        _store_base_plus(base[a:a + m], m, acc, accu, div, divu, out[a:a + m])
 
 
 
@@ -185,7 +185,7 @@ def var_bf16(tvs: Any, out: Any) -> None:  # pragma: no cover - compiled
         x = np.empty((n, m), np.float32)
         xu = x.view(np.uint32)
         for i in range(n):
-            _widen(tvs[i, a:a + m], 0, m, xu[i])
+            _widen(tvs[i, a:a + m], m, xu[i])
         f = np.empty(m, np.float32)
         fu = f.view(np.uint32)
         for k in range(m):
@@ -223,7 +223,7 @@ def sce_combine_bf16(base: Any, tvs: Any, w: Any, floor: Any, out: Any) -> None:
         d = np.empty((n, m), np.float32)
         du = d.view(np.uint32)
         for i in range(n):
-            _widen(tvs[i, a:a + m], 0, m, du[i])
+            _widen(tvs[i, a:a + m], m, du[i])
         acc = np.empty(m, np.float32)
         accu = acc.view(np.uint32)
         div = np.empty(m, np.float32)
@@ -259,7 +259,7 @@ def sce_combine_bf16(base: Any, tvs: Any, w: Any, floor: Any, out: Any) -> None:
                 div[k] = floor
             acc[k] = acc[k] / div[k]
         _round(acc, accu, m)
-        _store_base_plus(base[a:a + m], 0, m, acc, accu, div, divu, out[a:a + m])
+        _store_base_plus(base[a:a + m], m, acc, accu, div, divu, out[a:a + m])
 
 
 @numba.njit(parallel=True, cache=True)
@@ -286,11 +286,11 @@ def ram_combine_bf16(base: Any, models: Any, eps: Any, out: Any) -> int:  # prag
         tvu = tv.view(np.uint32)
         b = np.empty(m, np.float32)
         bu = b.view(np.uint32)
-        _widen(base[a:a + m], 0, m, bu)
+        _widen(base[a:a + m], m, bu)
         count = np.zeros(m, np.float32)
         for i in range(n):
             row, rowu = tv[i], tvu[i]
-            _widen(models[i, a:a + m], 0, m, rowu)
+            _widen(models[i, a:a + m], m, rowu)
             for k in range(m):
                 row[k] = row[k] - b[k]
             _round(row, rowu, m)
@@ -306,20 +306,20 @@ def ram_combine_bf16(base: Any, models: Any, eps: Any, out: Any) -> int:  # prag
             acc[k] = zero
         for i in range(n):
             row = tv[i]
-            for k in range(m):  # the quotient of an overlapping element, rounded
+            for k in range(m):  # the quotient of an overlapping element, rounded (row keeps the masked tv)
                 x = row[k]
                 xz = x if abs(x) > eps else x * zero
+                row[k] = xz
                 term[k] = xz / count[k] if count[k] > np.float32(1.0) else xz * zero
             _round(term, termu, m)
             for k in range(m):  # + the unique part (x * 1 or x * 0), rounded
-                x = row[k]
-                xz = x if abs(x) > eps else x * zero
+                xz = row[k]
                 term[k] = (xz if count[k] == np.float32(1.0) else xz * zero) + term[k]
             _round(term, termu, m)
             for k in range(m):
                 acc[k] = acc[k] + term[k]
         _round(acc, accu, m)
-        _store_base_plus(base[a:a + m], 0, m, acc, accu, b, bu, out[a:a + m])
+        _store_base_plus(base[a:a + m], m, acc, accu, b, bu, out[a:a + m])
     return int(bad.sum())
 
 

@@ -9,6 +9,7 @@ from mergekit.merge_methods.base import TensorEntry, TensorGroup
 from mergekit.merge_methods.ram import ram_merge
 
 from hpc_merge.mergekit_adapter import fused_ram
+from hpc_merge.mergekit_adapter.fused_combine import bf16_alike
 
 REAL = ram_merge.implementation
 
@@ -68,5 +69,5 @@ def test_float32_runs_mergekits_own_code() -> None:
     bf16 = _group(2, "ft", (23, 41), g)
     group = TensorGroup([TensorEntry("base", bf16.base.tensor.float(), is_base=True)]
                         + [TensorEntry(e.id, e.tensor.float()) for e in bf16.non_base])
-    assert not fused_ram.supported(group.base.tensor, [e.tensor for e in group.non_base])
+    assert not bf16_alike(group.base.tensor, [e.tensor for e in group.non_base])
     assert torch.equal(fused_ram.merge(REAL, group), REAL(group))

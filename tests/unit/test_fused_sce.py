@@ -9,6 +9,7 @@ from mergekit.merge_methods.base import TensorEntry, TensorGroup
 from mergekit.merge_methods.sce import sce_merge
 
 from hpc_merge.mergekit_adapter import fused_sce
+from hpc_merge.mergekit_adapter.fused_combine import bf16_alike
 
 REAL = sce_merge.implementation
 
@@ -50,6 +51,6 @@ def test_float32_runs_mergekits_own_code() -> None:
     bf16 = _group(2, "ft", (23, 41), g)
     group = TensorGroup([TensorEntry("base", bf16.base.tensor.float(), is_base=True)]
                         + [TensorEntry(e.id, e.tensor.float()) for e in bf16.non_base])
-    assert not fused_sce.supported(group.base.tensor, [e.tensor for e in group.non_base])
+    assert not bf16_alike(group.base.tensor, [e.tensor for e in group.non_base])
     want = REAL(group, select_topk=0.5)
     assert torch.equal(fused_sce.merge(REAL, group, select_topk=0.5), want)
