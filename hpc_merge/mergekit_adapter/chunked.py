@@ -24,10 +24,11 @@ to find those thresholds first. DARE's and DELLA's draws are a function of each
 element's coordinates (:mod:`~hpc_merge.mergekit_adapter.random_sparsify`); with ``rescale`` a first pass sums
 the whole task vectors' L1 norms exactly. ``slerp`` is streamed in flat pieces instead of rows
 (:mod:`~hpc_merge.mergekit_adapter.streamed_slerp`: mergekit's own piecewise norms and dot product,
-in three passes). Results are bit-identical to merging whole tensors (tested).
+in three passes), and ``arcee_fusion`` (2-D and up) in row chunks of at least two rows after a first
+pass finds its sampled threshold (:mod:`~hpc_merge.mergekit_adapter.streamed_fusion`). Results are bit-identical to merging whole tensors (tested).
 
 Not chunked (whole tensors, as mergekit does): methods whose whole-tensor statistics are float
-reductions in torch's own order (nuslerp, multislerp, karcher, model_stock, sce, arcee_fusion),
+reductions in torch's own order (nuslerp, multislerp, karcher, model_stock, sce),
 mergekit's own random
 stream (``sparsify: mergekit``), tokenizer-aligned vocabularies, inputs that are not
 ``.safetensors`` or not on CPU, tensors whose inputs differ in shape, and float64 TIES/DARE.
@@ -45,18 +46,19 @@ from mergekit.graph import Task
 from mergekit.io.tasks import GatherTensors, LoaderCache, LoadTensor
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 
-from hpc_merge.mergekit_adapter import ram_counts, random_sparsify, streamed_slerp
+from hpc_merge.mergekit_adapter import ram_counts, random_sparsify, streamed_fusion, streamed_slerp
 from hpc_merge.mergekit_adapter import writer as writer_module
 from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, NotStreamable, StreamingTrim, streaming
 from hpc_merge.mergekit_adapter.reader import PreadSafetensors
 from hpc_merge.mergekit_adapter.writer import Slot
 
 ROW_SEPARABLE = ("linear", "task_arithmetic", "ties", "passthrough", "nearswap", "dare_ties", "dare_linear",
-                 "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "ram", "ramplus_tl")
+                 "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "ram", "ramplus_tl", "arcee_fusion")
 STREAMED_TRIM = ("ties", "breadcrumbs", "breadcrumbs_ties")  # whole-tensor thresholds found by a first pass
 RANDOM = ("dare_ties", "dare_linear", "della", "della_linear")  # chunked only with counter-based draws (sparsify: fast)
 COUNTED = ("ramplus_tl",)  # whole-tensor integer counts summed by a first pass (ram_counts; sparsify: fast)
 PER_ROW = ("della", "della_linear")  # rank magnitudes within each row: 2-D tensors only, rows never split
+FUSED_THRESHOLD = ("arcee_fusion",)  # per-row importance, one sampled threshold found by a first pass (>= 2-D, >= 2 rows a chunk)
 STREAMED_SLERP = ("slerp",)  # whole-tensor norms and dot, reduced per flat piece by mergekit itself
 _FLOAT = {"bfloat16", "float16", "float32", "float64"}
 
@@ -75,6 +77,7 @@ class ChunkedMerge(Task[torch.Tensor | None]):
     out_name: str = ""  # the output tensor's name (its SaveTensor's), for streaming rows to the writer
     out_dtype: str | None = None  # what its SaveTensor casts to (weight.force_dtype or the merge's out_dtype)
     slerp: bool = False  # streamed_slerp's three passes over flat pieces instead of row chunks
+    fusion: bool = False  # arcee_fusion: a first pass finds the whole tensor's threshold (streamed_fusion)
 
     def arguments(self) -> dict[str, Task]:
         return {}  # no LoadTensor dependencies: the whole inputs are never loaded
@@ -109,6 +112,8 @@ class ChunkedMerge(Task[torch.Tensor | None]):
         if self.slerp:
             return self._merge_slerp(readers)
         bounds = [(a, min(a + self.rows_per_chunk, self.shape[0])) for a in range(0, self.shape[0], self.rows_per_chunk)]
+        if self.fusion:
+            return self._merge_fusion(readers, bounds)
         if self.random_seed is not None:
             return self._merge_random(readers, bounds)
         if self.counted:
@@ -127,6 +132,20 @@ class ChunkedMerge(Task[torch.Tensor | None]):
                     with contextlib.suppress(ChunkRecorded):
                         self.inner.execute(tensors=self._rows(readers, a, b))
                 trim.end_pass()
+            return self._merge_chunks(readers, bounds)
+
+    def _merge_fusion(self, readers: dict[str, PreadSafetensors], bounds: list[tuple[int, int]]) -> torch.Tensor | None:
+        """arcee_fusion: the drawn elements' importance chunk by chunk, mergekit's threshold of them, then the chunks."""
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2:  # no one-row chunk (see streamed_fusion)
+            bounds = [*bounds[:-2], (bounds[-2][0], bounds[-1][1])]
+        row = int(torch.Size(self.shape[1:]).numel())
+        state = streamed_fusion.Threshold.start(int(torch.Size(self.shape).numel()))
+        with streamed_fusion.thresholding(state):
+            for a, b in bounds:
+                state.offset = a * row
+                with contextlib.suppress(ChunkRecorded):
+                    self.inner.execute(tensors=self._rows(readers, a, b))
+            state.finish()
             return self._merge_chunks(readers, bounds)
 
     def _n_vectors(self) -> int:
@@ -290,12 +309,16 @@ def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers, out_
     (shape,) = shapes
     if len(shape) < 1 or shape[0] < 2 or largest <= chunk_bytes or (task.method_name in PER_ROW and len(shape) != 2):
         return None
-    rows_per_chunk = max(1, chunk_bytes * shape[0] // largest)
+    fusion = task.method_name in FUSED_THRESHOLD
+    if fusion and len(shape) < 2:
+        return None  # a 1-D tensor's softmax spans the whole tensor
+    rows_per_chunk = max(2 if fusion else 1, chunk_bytes * shape[0] // largest)
     random = task.method_name in RANDOM
     return ChunkedMerge(inner=task, sources=tuple(sources), shape=shape, rows_per_chunk=rows_per_chunk,
                         streamed_trim=streamed_trim, random_seed=seed if random else None,
                         rescaled=random and bool(params.get("rescale", True)), counted=task.method_name in COUNTED,
-                        out_name=out_name, out_dtype=out_dtype, slerp=task.method_name in STREAMED_SLERP)
+                        out_name=out_name, out_dtype=out_dtype, slerp=task.method_name in STREAMED_SLERP,
+                        fusion=fusion)
 
 
 def chunk_plan(chunk_bytes: int, trim_mode: str, names: list[str]) -> Callable[..., list[tuple[Any, Any]]]:

@@ -23,6 +23,7 @@ from typing import Any
 import mergekit.graph
 import mergekit.io.tasks
 import mergekit.merge
+import mergekit.merge_methods.arcee_fusion
 import mergekit.merge_methods.ram
 import mergekit.merge_methods.sce
 import mergekit.sparsify
@@ -33,7 +34,14 @@ from mergekit.merge_methods.generalized_task_arithmetic import GeneralizedTaskAr
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 from mergekit.plan import MergePlanner
 
-from hpc_merge.mergekit_adapter import fused_combine, fused_ram, fused_sce, ram_counts, random_sparsify
+from hpc_merge.mergekit_adapter import (
+    fused_combine,
+    fused_ram,
+    fused_sce,
+    ram_counts,
+    random_sparsify,
+    streamed_fusion,
+)
 from hpc_merge.mergekit_adapter import writer as writer_module
 from hpc_merge.mergekit_adapter.archfix import architecture_info
 from hpc_merge.mergekit_adapter.chunked import chunk_plan
@@ -74,6 +82,8 @@ def mergekit_patches(options: dict[str, Any], mk_options: Any, *, only_tensors: 
        and ``ram_merge``'s implementations: the combine step fused into one bit-identical kernel (bf16 on CPU),
        and ``ramplus_tl_merge``'s: row chunks with the whole tensor's counts (``ram_counts``) — all
        unless ``sparsify: mergekit``.
+    4b. ``DynamicThresholdFusion.calculate_dynamic_threshold`` (arcee_fusion): the whole tensor's
+       threshold inside a chunked merge (``streamed_fusion``); mergekit's own function elsewhere.
     5. On disk: ``TensorLoader.get`` (``pread`` inputs), ``mergekit.io.tasks.TensorWriter``
        (streamed shards), ``mergekit.merge.get_architecture_info`` (fixed tables) and
        ``mergekit.merge._model_out_config`` (per-layer settings of the merged layers).
@@ -99,6 +109,7 @@ def mergekit_patches(options: dict[str, Any], mk_options: Any, *, only_tensors: 
         stack.enter_context(magnitude_trim(trim))
         stack.enter_context(counter_random(seed if seed is not None else mk_options.random_seed, trim))
         stack.enter_context(fused_combine_step(trim))
+        stack.enter_context(fusion_threshold())
         if on_disk:
             stack.enter_context(pread_inputs())
             stack.enter_context(stream_writes())
@@ -262,6 +273,20 @@ def fused_combine_step(mode: str = "fast") -> Iterator[None]:
     with _replaced(GeneralizedTaskArithmeticMerge, "merge_group", merge_group), \
             _replaced(sce, "implementation", sce_merge), _replaced(ram, "implementation", ram_merge), \
             _replaced(ramplus, "implementation", ramplus_merge):
+        yield
+
+
+@contextlib.contextmanager
+def fusion_threshold() -> Iterator[None]:
+    """arcee_fusion's threshold goes through ``streamed_fusion`` inside the block: the whole tensor's,
+    found by a first pass, when its rows are merged in chunks; mergekit's own otherwise."""
+    cls = mergekit.merge_methods.arcee_fusion.DynamicThresholdFusion
+    real = cls.calculate_dynamic_threshold
+
+    def calculate(self: Any, importance: Any) -> Any:
+        return streamed_fusion.calculate_dynamic_threshold(real, self, importance)
+
+    with _replaced(cls, "calculate_dynamic_threshold", calculate):
         yield
 
 

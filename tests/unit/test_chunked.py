@@ -166,6 +166,9 @@ def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
     if method == "slerp":  # a gradient: each layer its own t, resolved by mergekit's planner
         return {"merge_method": "slerp", "base_model": str(pool["base"]), "dtype": dtype,
                 "parameters": {"t": [0.1, 0.5, 0.9]}, "models": [{"model": str(pool["base"])}, {"model": str(pool["math"])}]}
+    if method == "arcee_fusion":
+        return {"merge_method": "arcee_fusion", "base_model": str(pool["base"]), "dtype": dtype,
+                "models": [{"model": str(pool["base"])}, {"model": str(pool["math"])}]}
     if method == "task_arithmetic":
         models = [{"model": m["model"], "parameters": {"weight": m["parameters"]["weight"]}} for m in models]
     if method in ("ram", "ramplus_tl"):  # per-element masks and overlap counts: no weights or densities
@@ -179,7 +182,8 @@ def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
                                           ("breadcrumbs", "float32"), ("ram", "bfloat16"),
                                           ("ramplus_tl", "bfloat16"), ("ramplus_tl", "float32"),
                                           ("linear", "float32+out_bfloat16"), ("slerp", "bfloat16"),
-                                          ("slerp", "float32"), ("slerp", "bfloat16+out_float32")])
+                                          ("slerp", "float32"), ("slerp", "bfloat16+out_float32"),
+                                          ("arcee_fusion", "bfloat16"), ("arcee_fusion", "float32")])
 def test_chunked_merge_is_bit_identical_to_whole_tensors(tiny_pool, tmp_path: Path, method: str, dtype: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A 1 KB chunk size splits every matrix into many row chunks, each written straight into its
@@ -213,6 +217,37 @@ def test_chunked_merge_is_bit_identical_to_whole_tensors(tiny_pool, tmp_path: Pa
     assert any(shape[0] >= 64 for shape in calls)  # the embedding and the MLP matrices went through
     assert len(slots) == len(calls) and "model.embed_tokens.weight" in slots  # streamed, not assembled
     whole, parts = (load_file(tmp_path / d / "model.safetensors") for d in ("whole", "chunked"))
+    assert whole.keys() == parts.keys()
+    for key in whole:
+        assert torch.equal(whole[key], parts[key]), key
+
+
+def test_chunked_arcee_fusion_draws_the_same_sample(tiny_pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With mergekit's quantile sample cut to 50 elements, every large tensor's threshold comes from
+    drawn elements: the chunked merge draws the same indices from the seeded stream (same calls, in
+    the same order) and writes the same bytes; another seed draws others."""
+    import mergekit.merge_methods.arcee_fusion as fusion
+
+    monkeypatch.setattr(fusion, "_QUANTILE_SAMPLE_SIZE", 50)
+    draws: list[torch.Tensor] = []
+    real_randint = torch.randint
+
+    def randint(*args, **kwargs):
+        drawn = real_randint(*args, **kwargs)
+        draws.append(drawn)
+        return drawn
+
+    monkeypatch.setattr(torch, "randint", randint)
+    recipe = _tiny_recipe(tiny_pool, "arcee_fusion", "bfloat16")
+    runs = {}
+    for name, chunk, seed in (("whole", 0, 0), ("chunked", "1K", 0), ("other-seed", "1K", 1)):
+        draws.clear()
+        mk.run_mergekit(recipe, tmp_path / name, {"device": "cpu", "chunk_size": chunk, "random_seed": seed})
+        runs[name] = (list(draws), load_file(tmp_path / name / "model.safetensors"))
+    (whole_draws, whole), (chunk_draws, parts), (other_draws, _) = runs["whole"], runs["chunked"], runs["other-seed"]
+    assert len(whole_draws) >= 4 and len(chunk_draws) == len(whole_draws)
+    assert all(torch.equal(a, b) for a, b in zip(whole_draws, chunk_draws, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(whole_draws, other_draws, strict=True))
     assert whole.keys() == parts.keys()
     for key in whole:
         assert torch.equal(whole[key], parts[key]), key

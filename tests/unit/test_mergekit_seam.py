@@ -54,6 +54,9 @@ NAMES = sorted([
     "mergekit.merge.get_architecture_info",  # replaced (fixed architecture tables)
     "mergekit.merge.run_merge",
     "mergekit.merge_methods",
+    "mergekit.merge_methods.arcee_fusion",
+    "mergekit.merge_methods.arcee_fusion.DynamicThresholdFusion",  # its calculate_dynamic_threshold replaced (streamed_fusion)
+    "mergekit.merge_methods.arcee_fusion._QUANTILE_SAMPLE_SIZE",  # streamed_fusion draws mergekit's sample size
     "mergekit.merge_methods.ram",
     "mergekit.merge_methods.ram._prepare_ram_vectors",  # called by ram_counts (the elements ramplus_tl counts)
     "mergekit.merge_methods.ram.ram_merge",  # its implementation replaced (fused combine)
