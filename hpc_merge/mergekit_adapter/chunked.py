@@ -24,11 +24,14 @@ to find those thresholds first. DARE's and DELLA's draws are a function of each
 element's coordinates (:mod:`~hpc_merge.mergekit_adapter.random_sparsify`); with ``rescale`` a first pass sums
 the whole task vectors' L1 norms exactly. ``slerp`` is streamed in flat pieces instead of rows
 (:mod:`~hpc_merge.mergekit_adapter.streamed_slerp`: mergekit's own piecewise norms and dot product,
-in three passes), and ``arcee_fusion`` (2-D and up) in row chunks of at least two rows after a first
+in three passes); ``model_stock`` (``filter_wise: false``) and ``nuslerp`` (flattened) by building
+each whole-tensor reduction's operand whole from row chunks and reducing it as mergekit does
+(:mod:`~hpc_merge.mergekit_adapter.streamed_stats`: one whole operand in memory, not every input);
+and ``arcee_fusion`` (2-D and up) in row chunks of at least two rows after a first
 pass finds its sampled threshold (:mod:`~hpc_merge.mergekit_adapter.streamed_fusion`). Results are bit-identical to merging whole tensors (tested).
 
 Not chunked (whole tensors, as mergekit does): methods whose whole-tensor statistics are float
-reductions in torch's own order (nuslerp, multislerp, karcher, model_stock, sce),
+reductions in torch's own order over several inputs at once (multislerp, karcher, sce),
 mergekit's own random
 stream (``sparsify: mergekit``), tokenizer-aligned vocabularies, inputs that are not
 ``.safetensors`` or not on CPU, tensors whose inputs differ in shape, and float64 TIES/DARE.
@@ -46,7 +49,13 @@ from mergekit.graph import Task
 from mergekit.io.tasks import GatherTensors, LoaderCache, LoadTensor
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 
-from hpc_merge.mergekit_adapter import ram_counts, random_sparsify, streamed_fusion, streamed_slerp
+from hpc_merge.mergekit_adapter import (
+    ram_counts,
+    random_sparsify,
+    streamed_fusion,
+    streamed_slerp,
+    streamed_stats,
+)
 from hpc_merge.mergekit_adapter import writer as writer_module
 from hpc_merge.mergekit_adapter.chunk_trim import ChunkRecorded, NotStreamable, StreamingTrim, streaming
 from hpc_merge.mergekit_adapter.reader import PreadSafetensors
@@ -60,6 +69,7 @@ COUNTED = ("ramplus_tl",)  # whole-tensor integer counts summed by a first pass 
 PER_ROW = ("della", "della_linear")  # rank magnitudes within each row: 2-D tensors only, rows never split
 FUSED_THRESHOLD = ("arcee_fusion",)  # per-row importance, one sampled threshold found by a first pass (>= 2-D, >= 2 rows a chunk)
 STREAMED_SLERP = ("slerp",)  # whole-tensor norms and dot, reduced per flat piece by mergekit itself
+STREAMED_STATS = ("model_stock", "nuslerp")  # each reduction's operand built whole from chunks (streamed_stats)
 _FLOAT = {"bfloat16", "float16", "float32", "float64"}
 
 
@@ -78,6 +88,7 @@ class ChunkedMerge(Task[torch.Tensor | None]):
     out_dtype: str | None = None  # what its SaveTensor casts to (weight.force_dtype or the merge's out_dtype)
     slerp: bool = False  # streamed_slerp's three passes over flat pieces instead of row chunks
     fusion: bool = False  # arcee_fusion: a first pass finds the whole tensor's threshold (streamed_fusion)
+    stats: bool = False  # model_stock / nuslerp: streamed_stats' whole operands, then the chunks
 
     def arguments(self) -> dict[str, Task]:
         return {}  # no LoadTensor dependencies: the whole inputs are never loaded
@@ -114,6 +125,8 @@ class ChunkedMerge(Task[torch.Tensor | None]):
         bounds = [(a, min(a + self.rows_per_chunk, self.shape[0])) for a in range(0, self.shape[0], self.rows_per_chunk)]
         if self.fusion:
             return self._merge_fusion(readers, bounds)
+        if self.stats:
+            return self._merge_stats(readers, bounds)
         if self.random_seed is not None:
             return self._merge_random(readers, bounds)
         if self.counted:
@@ -147,6 +160,37 @@ class ChunkedMerge(Task[torch.Tensor | None]):
                     self.inner.execute(tensors=self._rows(readers, a, b))
             state.finish()
             return self._merge_chunks(readers, bounds)
+
+    def _merge_stats(self, readers: dict[str, PreadSafetensors], bounds: list[tuple[int, int]]) -> torch.Tensor | None:
+        """model_stock / nuslerp by :mod:`streamed_stats`: inputs in the group's order and the method's input dtype."""
+        inner = self.inner
+        base = inner.base_model
+        others = [m for m in inner.model_order if m != base]
+        order = ([base] if base is not None else []) + others
+        dtypes = {s[0]: dtype_from_name(s[3]) if s[3] else getattr(torch, readers[s[1]].shape_dtype(s[2])[1])
+                  for s in self.sources}
+        dtype = dtype_from_name(inner.dtype) if inner.dtype else _promoted([dtypes[m] for m in inner.model_order])
+        out_dtype = dtype_from_name(inner.out_dtype) if inner.out_dtype else None
+
+        def rows(a: int, b: int) -> list[torch.Tensor]:
+            got = self._rows(readers, a, b)
+            return [got[m].to(dtype=dtype) for m in order]
+
+        sink = _Sink(self)
+        row = int(torch.Size(self.shape[1:]).numel())
+        numel = row * self.shape[0]
+
+        def emit(a: int, part: torch.Tensor) -> None:
+            sink.put(a * row, part if out_dtype is None else part.to(dtype=out_dtype))
+
+        if inner.method_name == "model_stock":
+            streamed_stats.model_stock(rows, bounds, numel, len(others), emit)
+        else:
+            weights = [inner.input_parameters[m]["weight"] for m in others]
+            total = sum(weights)
+            t = 0.5 if abs(total) < 1e-6 else weights[1] / total
+            streamed_stats.nuslerp(rows, bounds, numel, t, base is not None, emit)
+        return sink.finish()
 
     def _n_vectors(self) -> int:
         return len(self.inner.model_order) - (self.inner.base_model is not None)
@@ -207,6 +251,14 @@ class ChunkedMerge(Task[torch.Tensor | None]):
                              lambda start, part: sink.put(start, part if out_dtype is None else part.to(out_dtype)),
                              span_elements=max(1, self.rows_per_chunk * numel // self.shape[0]))
         return sink.finish()
+
+
+def _promoted(dtypes: list[torch.dtype]) -> torch.dtype:
+    """The dtype mergekit aligns a group to when the task names none (its ``promoted_dtype``)."""
+    out = dtypes[0]
+    for dtype in dtypes[1:]:
+        out = torch.promote_types(out, dtype)
+    return out
 
 
 class _Sink:
@@ -278,7 +330,9 @@ def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers, out_
     """The chunked version of a planned merge task, or None when it must stay whole (see module doc)."""
     if not isinstance(task, ExecuteMergeMethodTask) or type(task.gather_tensors) is not GatherTensors:
         return None
-    if task.method_name not in ROW_SEPARABLE + STREAMED_SLERP or task.gather_tensors.device not in (None, "cpu"):
+    if task.method_name not in ROW_SEPARABLE + STREAMED_SLERP + STREAMED_STATS or task.gather_tensors.device not in (None, "cpu"):
+        return None
+    if task.method_name in STREAMED_STATS and not _streamed_stats_case(task):
         return None
     if task.method_name in STREAMED_SLERP and (task.base_model not in task.model_order or len(task.model_order) != 2):
         return None  # mergekit's own error (or its path) for malformed slerp inputs
@@ -318,7 +372,18 @@ def chunked(task: Any, chunk_bytes: int, trim_mode: str, headers: _Headers, out_
                         streamed_trim=streamed_trim, random_seed=seed if random else None,
                         rescaled=random and bool(params.get("rescale", True)), counted=task.method_name in COUNTED,
                         out_name=out_name, out_dtype=out_dtype, slerp=task.method_name in STREAMED_SLERP,
-                        fusion=fusion)
+                        fusion=fusion, stats=task.method_name in STREAMED_STATS)
+
+
+def _streamed_stats_case(task: Any) -> bool:
+    """The variants :mod:`streamed_stats` mirrors: model_stock without ``filter_wise``; nuslerp flattened, two inputs."""
+    params = dict(task.parameters.items())
+    others = [m for m in task.model_order if m != task.base_model]
+    if task.method_name == "model_stock":
+        return not params.get("filter_wise", False) and task.base_model in task.model_order and len(others) >= 2
+    return (bool(params.get("nuslerp_flatten", True)) and len(others) == 2
+            and (task.base_model is None or task.base_model in task.model_order)
+            and all("weight" in task.input_parameters[m] for m in others))
 
 
 def chunk_plan(chunk_bytes: int, trim_mode: str, names: list[str]) -> Callable[..., list[tuple[Any, Any]]]:

@@ -166,6 +166,15 @@ def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
     if method == "slerp":  # a gradient: each layer its own t, resolved by mergekit's planner
         return {"merge_method": "slerp", "base_model": str(pool["base"]), "dtype": dtype,
                 "parameters": {"t": [0.1, 0.5, 0.9]}, "models": [{"model": str(pool["base"])}, {"model": str(pool["math"])}]}
+    if method == "model_stock":
+        return {"merge_method": "model_stock", "base_model": str(pool["base"]), "dtype": dtype,
+                "models": [{"model": str(pool[m])} for m in ("math", "coder", "science")]}
+    if method == "nuslerp":
+        return {"merge_method": "nuslerp", "base_model": str(pool["base"]), "dtype": dtype,
+                "models": [{"model": str(pool[m]), "parameters": {"weight": w}} for m, w in (("math", 0.7), ("coder", 0.4))]}
+    if method == "nuslerp-no-base":
+        return {"merge_method": "nuslerp", "dtype": dtype,
+                "models": [{"model": str(pool[m]), "parameters": {"weight": w}} for m, w in (("math", 0.7), ("coder", 0.4))]}
     if method == "arcee_fusion":
         return {"merge_method": "arcee_fusion", "base_model": str(pool["base"]), "dtype": dtype,
                 "models": [{"model": str(pool["base"])}, {"model": str(pool["math"])}]}
@@ -183,7 +192,10 @@ def _tiny_recipe(pool: dict[str, Path], method: str, dtype: str) -> dict:
                                           ("ramplus_tl", "bfloat16"), ("ramplus_tl", "float32"),
                                           ("linear", "float32+out_bfloat16"), ("slerp", "bfloat16"),
                                           ("slerp", "float32"), ("slerp", "bfloat16+out_float32"),
-                                          ("arcee_fusion", "bfloat16"), ("arcee_fusion", "float32")])
+                                          ("arcee_fusion", "bfloat16"), ("arcee_fusion", "float32"),
+                                          ("model_stock", "bfloat16"), ("model_stock", "float32+out_bfloat16"),
+                                          ("nuslerp", "bfloat16"), ("nuslerp", "float32"),
+                                          ("nuslerp-no-base", "bfloat16")])
 def test_chunked_merge_is_bit_identical_to_whole_tensors(tiny_pool, tmp_path: Path, method: str, dtype: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A 1 KB chunk size splits every matrix into many row chunks, each written straight into its
@@ -255,13 +267,15 @@ def test_chunked_arcee_fusion_draws_the_same_sample(tiny_pool, tmp_path: Path, m
 
 def test_methods_needing_the_whole_tensor_are_not_chunked(tiny_pool, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """multislerp (torch's own reduction order over the whole tensor) and TIES with mergekit's own trim
-    keep whole-tensor merges."""
+    """multislerp (torch's own reduction order over the whole tensor), model_stock with ``filter_wise``
+    (a variant streamed_stats does not mirror) and TIES with mergekit's own trim keep whole-tensor merges."""
     calls: list[str] = []
     monkeypatch.setattr(chunked.ChunkedMerge, "execute", lambda self, **kw: calls.append("x"))
     multi = {"merge_method": "multislerp", "base_model": str(tiny_pool["base"]), "dtype": "bfloat16",
              "models": [{"model": str(tiny_pool[m]), "parameters": {"weight": 0.5}} for m in ("math", "coder")]}
     mk.run_mergekit(multi, tmp_path / "multislerp", {"device": "cpu", "chunk_size": "1K"})
+    stock = {**_tiny_recipe(tiny_pool, "model_stock", "bfloat16"), "parameters": {"filter_wise": True}}
+    mk.run_mergekit(stock, tmp_path / "model_stock", {"device": "cpu", "chunk_size": "1K"})  # per-row cosines: whole
     ties = _tiny_recipe(tiny_pool, "ties", "bfloat16")
     mk.run_mergekit(ties, tmp_path / "ties", {"device": "cpu", "chunk_size": "1K", "sparsify": "mergekit"})
     assert calls == []
